@@ -1,0 +1,33 @@
+"""Architectures, conversion, drift measurement and checkpoint I/O (imports torch and reparam)."""
+
+from repvgg_lab.models.blocks import RepVGGBlock
+from repvgg_lab.models.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    load_pretrained,
+    read_checkpoint,
+)
+from repvgg_lab.models.convert import reparameterize
+from repvgg_lab.models.cost import count_macs, count_params
+from repvgg_lab.models.drift import DriftReport, measure_drift
+from repvgg_lab.models.registry import MODELS, UnknownModelError, create_model, list_models
+from repvgg_lab.models.repvgg import RepVGG, RepVGGConfig
+
+__all__ = [
+    "MODELS",
+    "Checkpoint",
+    "CheckpointError",
+    "DriftReport",
+    "RepVGG",
+    "RepVGGBlock",
+    "RepVGGConfig",
+    "UnknownModelError",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+    "measure_drift",
+    "read_checkpoint",
+    "reparameterize",
+]

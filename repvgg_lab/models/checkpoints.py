@@ -1,0 +1,185 @@
+"""Safe checkpoint reading and key mapping (official RepVGG, timm, torchvision, our Lightning)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+# Official DingXiaoH/RepVGG names -> ours (which are timm's); applied in order.
+OFFICIAL_TO_OURS: list[tuple[str, str]] = [
+    (r"^stage0\.", "stem."),
+    (r"^stage([1-4])\.(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.{m[2]}."),
+    (r"\.rbr_dense\.", ".conv_kxk."),
+    (r"\.rbr_1x1\.", ".conv_1x1."),
+    (r"\.rbr_identity\.", ".identity."),
+    (r"\.rbr_reparam\.", ".reparam_conv."),
+    (r"\.se\.down\.", ".attn.fc1."),
+    (r"\.se\.up\.", ".attn.fc2."),
+    (r"^linear\.", "head.fc."),
+]
+_WRAPPER_PREFIXES = ("module.", "net.", "model.", "_orig_mod.")
+_DEPLOY_MARKERS = (".reparam_conv.", ".rbr_reparam.")
+_MAX_LISTED = 6
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+
+
+@dataclass
+class Checkpoint:
+    """A state dict plus what the file says about itself."""
+
+    state_dict: dict[str, Tensor]
+    hyper_parameters: dict[str, Any] = field(default_factory=dict)
+    source: str = "state_dict"
+
+    @property
+    def model_name(self) -> str | None:
+        name = self.hyper_parameters.get("model_name")
+        return name if isinstance(name, str) else None
+
+    @property
+    def is_deploy(self) -> bool:
+        return any(any(m in "." + k for m in _DEPLOY_MARKERS) for k in self.state_dict)
+
+
+def _load_file(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        # weights_only: a restricted unpickler that builds tensors and plain containers only,
+        # so a checkpoint can never execute code on load.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
+        raise CheckpointError(
+            f"{path}: refused to unpickle an object that is not a tensor or plain container "
+            f"(the file may try to run code): {first}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+
+
+def _plain(obj: Any) -> Any:
+    """Hyper-parameters reduced to plain Python values."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj if isinstance(obj, str | int | float | bool | type(None)) else str(obj)
+
+
+def read_checkpoint(path_or_state: str | Path | dict[str, Any]) -> Checkpoint:
+    """Read a checkpoint file (or dict) safely and unwrap `state_dict` / `model` / `module.`."""
+    obj = path_or_state if isinstance(path_or_state, dict) else _load_file(Path(path_or_state))
+    label = "dict" if isinstance(path_or_state, dict) else str(path_or_state)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{label}: expected a dict of tensors, found {type(obj).__name__}")
+    hparams: dict[str, Any] = {}
+    source = "state_dict"
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        hparams = _plain(obj.get("hyper_parameters") or {})
+        source = "lightning" if "pytorch-lightning_version" in obj or hparams else "wrapped"
+        obj = obj["state_dict"]
+    elif "model" in obj and isinstance(obj["model"], dict):
+        obj, source = obj["model"], "wrapped"
+    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise CheckpointError(f"{label}: no tensors found; this is not a model checkpoint")
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    if any(k.startswith("stage0.") or ".rbr_" in k for k in state):
+        state = {_rename(k, OFFICIAL_TO_OURS): v for k, v in state.items()}
+        source = "official"
+    return Checkpoint(state, hparams, source)
+
+
+def _rename(key: str, rules: list[tuple[str, Any]]) -> str:
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return shown + (f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else "")
+
+
+def check_compatible(model: nn.Module, ckpt: Checkpoint) -> None:
+    """Raise one CheckpointError naming missing/unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    model_deploy = any(any(m in "." + k for m in _DEPLOY_MARKERS) for k in expected)
+    if ckpt.is_deploy and not model_deploy:
+        raise CheckpointError(
+            "checkpoint holds a re-parameterized (deploy-form) net; create the model with "
+            "deploy=True to load it"
+        )
+    if (
+        model_deploy
+        and not ckpt.is_deploy
+        and any(".conv_kxk." in "." + k for k in ckpt.state_dict)
+    ):
+        raise CheckpointError(
+            "checkpoint holds a multi-branch (training-form) net; load it into a deploy=False "
+            "model and call reparameterize()"
+        )
+    optional = {k for k in expected if k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - set(ckpt.state_dict) - optional)
+    unexpected = sorted(set(ckpt.state_dict) - set(expected))
+    mismatched = sorted(
+        f"{k} {tuple(ckpt.state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in set(expected) & set(ckpt.state_dict)
+        if ckpt.state_dict[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_listing(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches ({_listing(mismatched)})")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems)
+        )
+
+
+def load_pretrained(model: nn.Module, path_or_state_dict: str | Path | dict[str, Any]) -> nn.Module:
+    """Load weights strictly into `model` from any supported format; returns `model`.
+
+    Accepts official RepVGG names (train and deploy `rbr_reparam` forms), timm names, torchvision
+    names (RMNet models), our Lightning checkpoints and safetensors files, with or without a
+    `module.` prefix or a `{"state_dict": ...}` / `{"model": ...}` wrapper. Never unpickles code.
+    """
+    ckpt = read_checkpoint(path_or_state_dict)
+    check_compatible(model, ckpt)
+    expected = model.state_dict()
+    state = dict(ckpt.state_dict)
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = expected[key]
+    model.load_state_dict(state, strict=True)
+    log.info("loaded %d tensors (%s format)", len(ckpt.state_dict), ckpt.source)
+    return model

@@ -1,0 +1,68 @@
+"""Walk any module tree and replace every re-parameterizable module by its plain equivalent."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def is_reparameterizable(module: nn.Module) -> bool:
+    """True for a module that can produce its plain equivalent (`to_plain`) and still has branches."""
+    return callable(getattr(module, "to_plain", None)) and not getattr(module, "deploy", False)
+
+
+def convertible_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Outermost re-parameterizable modules of `model`, by qualified name ('' for the root)."""
+    found: list[tuple[str, nn.Module]] = []
+
+    def visit(name: str, module: nn.Module) -> None:
+        if is_reparameterizable(module):
+            found.append((name, module))
+            return
+        for child_name, child in module.named_children():
+            visit(f"{name}.{child_name}" if name else child_name, child)
+
+    visit("", model)
+    return found
+
+
+def _has_plain_blocks(model: nn.Module) -> bool:
+    return any(
+        callable(getattr(m, "to_plain", None)) and getattr(m, "deploy", False)
+        for m in model.modules()
+    )
+
+
+def reparameterize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Return the plain (single-branch) equivalent of `model`.
+
+    Every re-parameterizable module anywhere in the tree (a user's model that embeds the blocks
+    too) is replaced by its plain form. The fusion reads BN *running* statistics whatever the
+    module's train/eval mode, so batch statistics never leak in; arithmetic runs in float64 and is
+    rounded once to the model's dtype, on the model's device. Unless `inplace`, the result is a new
+    module and `model` is left untouched; only the non-convertible parts are deep-copied.
+    With `inplace`, use the returned module: a convertible root cannot change identity.
+    """
+    targets = convertible_modules(model)
+    if not targets:
+        if _has_plain_blocks(model):
+            log.info("model is already re-parameterized; nothing to convert")
+            return model if inplace else copy.deepcopy(model)
+        raise TypeError(
+            f"{type(model).__name__} contains no re-parameterizable repvgg_lab blocks; build it "
+            "with repvgg_lab.create_model(...) and load foreign weights with load_pretrained()"
+        )
+    plain = {name: module.to_plain() for name, module in targets}
+    if "" in plain:
+        return plain[""]
+    if not inplace:
+        memo = {id(module): plain[name] for name, module in targets}
+        return copy.deepcopy(model, memo)
+    for name, replacement in plain.items():
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child_name, replacement)
+    return model

@@ -1,0 +1,29 @@
+"""Pure tensor math for structural re-parameterization (imports torch only)."""
+
+from repvgg_lab.reparam.bn import FUSE_DTYPE, BNStats, fuse_conv_bn
+from repvgg_lab.reparam.drift import (
+    compare,
+    max_abs,
+    rel_max,
+    tolerance,
+    top1_agree,
+    underflow_fraction,
+)
+from repvgg_lab.reparam.kernels import identity_kernel, merge, pad_to
+from repvgg_lab.reparam.repvgg import repvgg_kernel_bias
+
+__all__ = [
+    "FUSE_DTYPE",
+    "BNStats",
+    "compare",
+    "fuse_conv_bn",
+    "identity_kernel",
+    "max_abs",
+    "merge",
+    "pad_to",
+    "rel_max",
+    "repvgg_kernel_bias",
+    "tolerance",
+    "top1_agree",
+    "underflow_fraction",
+]
