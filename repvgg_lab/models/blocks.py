@@ -179,4 +179,7 @@ class RepVGGBlock(nn.Module):
     switch_to_deploy = reparameterize
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, groups={self.groups}, deploy={self.deploy}"
+        return (
+            f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
+            f"groups={self.groups}, deploy={self.deploy}"
+        )

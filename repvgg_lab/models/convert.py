@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def is_reparameterizable(module: nn.Module) -> bool:
-    """True for a module that can produce its plain equivalent (`to_plain`) and still has branches."""
+    """True for a module that still has branches and can build its plain form (`to_plain`)."""
     return callable(getattr(module, "to_plain", None)) and not getattr(module, "deploy", False)
 
 

@@ -41,7 +41,7 @@ class DriftReport:
         return self.underflow_frac > 0
 
     def metrics(self, prefix: str = "drift/", per_block: bool = False) -> dict[str, float]:
-        """Flat metrics under the stable names (drift/max_abs, drift/vs_fp64/deploy_rel_max, ...)."""
+        """Flat metrics under the stable names (drift/max_abs, drift/vs_fp64/..., ...)."""
         out = {
             f"{prefix}max_abs": self.max_abs,
             f"{prefix}rel_max": self.rel_max,
