@@ -1,0 +1,54 @@
+"""Shared by the entry points: one-line errors instead of tracebacks for bad user input."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
+from hydra.errors import InstantiationException
+
+log = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """Bad input from the command line or config; reported in one line, exit status 2."""
+
+
+# Errors that mean "the input is wrong", not "the program is wrong".
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    FileNotFoundError,
+    ValueError,
+    TypeError,
+    KeyError,
+)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn known bad-input exceptions into `error: <message>` on stderr and exit status 2."""
+    try:
+        yield
+    except InstantiationException as err:
+        cause = _root_cause(err)
+        if isinstance(cause, USER_ERRORS):
+            _fail(cause)
+        raise
+    except USER_ERRORS as err:
+        _fail(err)
+
+
+def _fail(err: BaseException) -> None:
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    message = " ".join(message.split()) or type(err).__name__
+    log.debug("user error", exc_info=err)
+    print(f"error: {message}", file=sys.stderr)  # noqa: T201 - the CLI's one-line report
+    sys.exit(2)
