@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from repvgg_lab.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # Official DingXiaoH/RepVGG names -> ours (which are timm's); applied in order.
@@ -32,7 +34,7 @@ _DEPLOY_MARKERS = (".reparam_conv.", ".rbr_reparam.")
 _MAX_LISTED = 6
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 

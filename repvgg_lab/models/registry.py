@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from repvgg_lab.errors import InputError
 from repvgg_lab.models.repvgg import REPVGG_VARIANTS
 
 
@@ -17,7 +18,7 @@ class ModelConfig(Protocol):
 MODELS: dict[str, ModelConfig] = {**REPVGG_VARIANTS}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InputError):
     """A model name that is not in the registry."""
 
 

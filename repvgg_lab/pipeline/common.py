@@ -9,21 +9,18 @@ from collections.abc import Iterator
 
 from hydra.errors import InstantiationException
 
+from repvgg_lab.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
-class UserError(Exception):
+class UserError(InputError):
     """Bad input from the command line or config; reported in one line, exit status 2."""
 
 
-# Errors that mean "the input is wrong", not "the program is wrong".
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError,
-    FileNotFoundError,
-    ValueError,
-    TypeError,
-    KeyError,
-)
+# Errors that mean "the input is wrong", not "the program is wrong"; anything else keeps its
+# traceback because it is a bug worth reporting.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, InputError, FileNotFoundError)
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -47,8 +44,7 @@ def user_errors() -> Iterator[None]:
 
 
 def _fail(err: BaseException) -> None:
-    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    message = " ".join(message.split()) or type(err).__name__
+    message = " ".join(str(err).split()) or type(err).__name__
     log.debug("user error", exc_info=err)
     print(f"error: {message}", file=sys.stderr)  # noqa: T201 - the CLI's one-line report
     sys.exit(2)
