@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -28,6 +28,15 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def _plain(value: Any) -> Any:
+    """Config containers (e.g. OmegaConf's) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 class ClassifierModule(pl.LightningModule):
@@ -58,12 +67,14 @@ class ClassifierModule(pl.LightningModule):
         net: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        model_kwargs = _plain(model_kwargs or {})
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "init", "net"])
         self.net = (
             net
             if net is not None
             else create_model(
-                model_name, num_classes=num_classes, in_channels=in_channels, **(model_kwargs or {})
+                model_name, num_classes=num_classes, in_channels=in_channels, **model_kwargs
             )
         )
         if init is not None and net is None:
@@ -76,7 +87,10 @@ class ClassifierModule(pl.LightningModule):
         self.prefix = f"{metric_prefix}/" if metric_prefix else ""
         acc = torchmetrics.classification.MulticlassAccuracy
         self.accuracy = nn.ModuleDict(
-            {stage: acc(num_classes=num_classes) for stage in ("train", "val", "test")}
+            {
+                f"{stage}_acc": acc(num_classes=num_classes, average="micro")
+                for stage in ("train", "val", "test")
+            }
         )
 
     @staticmethod
@@ -107,7 +121,7 @@ class ClassifierModule(pl.LightningModule):
             logits = self(x)
             smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
             loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        metric = self.accuracy[stage]
+        metric = self.accuracy[f"{stage}_acc"]
         metric(logits.detach(), y)
         # Training loss per step (the curve users watch), validation/test loss per epoch.
         on_step = stage == "train"

@@ -1,0 +1,187 @@
+"""End-to-end training jobs: real Lightning, real W&B (offline), real files on disk."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from repvgg_lab.models import create_model, load_pretrained, read_checkpoint, reparameterize
+from repvgg_lab.pipeline.train import train
+from tests.helpers.wandb_records import summary
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIFT_KEYS = [
+    "drift/max_abs",
+    "drift/rel_max",
+    "drift/top1_agree",
+    "drift/vs_fp64/train_rel_max",
+    "drift/vs_fp64/deploy_rel_max",
+    "drift/underflow_frac",
+]
+SMALL = [
+    "data.img_size=16",
+    "data.batch_size=32",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=4",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "callbacks.progress_bar=null",
+]
+
+
+def wandb_summary(output_dir: Path) -> dict:
+    runs = list(output_dir.glob("wandb/offline-run-*"))
+    assert len(runs) == 1, f"expected one offline W&B run under {output_dir}, found {runs}"
+    return summary(runs[0])
+
+
+def test_train_writes_metrics_wandb_summary_and_plain_weights(
+    compose_train, tmp_path: Path
+) -> None:
+    metrics = train(compose_train(*SMALL))
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == pytest.approx(metrics)
+    summary = wandb_summary(tmp_path)
+    for key in [*DRIFT_KEYS, "val/acc", "test/acc", "deploy/test/acc", "params/deploy"]:
+        assert key in on_disk and key in summary, key
+        assert summary[key] == pytest.approx(on_disk[key]), key
+    assert on_disk["drift/top1_agree"] == 1.0
+    assert on_disk["drift/vs_fp64/deploy_rel_max"] < 1e-5
+    assert on_disk["params/deploy"] < on_disk["params/train"]
+    # The plain net saved by the run is the conversion of the saved multi-branch weights.
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt.model_name == "repvgg_a0" and ckpt.hyper_parameters["num_classes"] == 10
+    source = load_pretrained(create_model("repvgg_a0", num_classes=10), ckpt.state_dict).eval()
+    plain = load_pretrained(
+        create_model("repvgg_a0", num_classes=10, deploy=True), tmp_path / "plain.safetensors"
+    ).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(plain(x), reparameterize(source)(x))
+    blocks = json.loads((tmp_path / "drift_blocks.json").read_text())
+    assert "stem" in blocks["drift"] and "stages.3.0" in blocks["drift"]
+
+
+def test_resume_continues_from_the_saved_epoch(compose_train, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    train(compose_train(*SMALL, "logger=none", f"output_dir={first}"))
+    saved = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 0 and saved["global_step"] == 4
+    second = tmp_path / "second"
+    train(
+        compose_train(
+            *SMALL,
+            "logger=csv",
+            "trainer.max_epochs=2",
+            f"output_dir={second}",
+            f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+        )
+    )
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 8
+    rows = (second / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    epochs = {
+        int(float(r.split(",")[header.index("epoch")]))
+        for r in rows[1:]
+        if r.split(",")[header.index("epoch")]
+    }
+    assert epochs == {1}, "the resumed run must not train epoch 0 again"
+
+
+def test_missing_resume_checkpoint_is_a_one_line_error(compose_train, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train(compose_train(*SMALL, "logger=none", f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.ckpt" in err[0]
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_cli_b2g4_on_an_imagenet_folder(imagenet_root: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "model=repvgg_b2g4",
+        "data=imagenet",
+        f"data.root={imagenet_root}",
+        "data.img_size=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *SMALL[2:],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["drift/top1_agree"] == 1.0
+    assert metrics["params/deploy"] < metrics["params/train"]
+
+
+def test_cifar10_job_in_process(compose_train, cifar10_root: Path, tmp_path: Path) -> None:
+    metrics = train(
+        compose_train(
+            "data=cifar10",
+            f"data.root={cifar10_root}",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "logger=none",
+            *SMALL[2:],
+        )
+    )
+    assert metrics["drift/top1_agree"] == 1.0
+    assert 0.0 <= metrics["deploy/test/acc"] <= 1.0
+
+
+def test_bad_data_root_is_a_one_line_error(tmp_path: Path) -> None:
+    result = run_cli(
+        "data=imagenet",
+        f"data.root={tmp_path / 'missing'}",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_default_job_reaches_the_acceptance_numbers(tmp_path: Path) -> None:
+    """`python train.py` as a user types it (only the run folder is redirected)."""
+    result = run_cli(f"hydra.run.dir={tmp_path}", timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["val/acc"] >= 0.95
+    assert metrics["drift/top1_agree"] >= 0.999
+    assert metrics["drift/vs_fp64/deploy_rel_max"] <= 1e-5
+    assert abs(metrics["deploy/test/acc"] - metrics["test/acc"]) <= 1e-3
+    assert all(k in wandb_summary(tmp_path) for k in DRIFT_KEYS)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
+    result = run_cli(
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "logger=none",
+        f"hydra.run.dir={tmp_path}",
+        *SMALL,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["drift/top1_agree"] == 1.0
+    assert metrics["drift/vs_fp64/deploy_rel_max"] < 1e-5
