@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
+from PIL import Image
 from timm.data import create_transform
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import Tensor
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
@@ -87,7 +90,7 @@ class ImageNetDataModule(ImageDataModule):
             )
         return folder
 
-    def _transform(self, train: bool):  # noqa: ANN202 (timm returns a torchvision Compose)
+    def _transform(self, train: bool) -> Callable[[Image.Image], Tensor]:
         """timm's training augmentation, or its resize + centre-crop evaluation pipeline."""
         return create_transform(
             input_size=self.img_size,
@@ -102,12 +105,14 @@ class ImageNetDataModule(ImageDataModule):
 
     def _build_splits(self) -> Splits:
         """Scan the folders once; the training folder serves both train and train_eval."""
-        train, val = self._folder("train"), self._folder("val")
-        test = self._folder("test") if (self.root / "test").is_dir() else val
-        train_tf, eval_tf = self._transform(train=True), self._transform(train=False)
+        _ = self.classes  # checks the layout first, so errors name what is missing
+        train = self._folder("train")
+        eval_tf = self._transform(train=False)
+        val = TransformSubset(self._folder("val"), None, eval_tf)
+        has_test = (self.root / "test").is_dir()
         return Splits(
-            train=TransformSubset(train, None, train_tf),
-            val=TransformSubset(val, None, eval_tf),
-            test=TransformSubset(test, None, eval_tf),
+            train=TransformSubset(train, None, self._transform(train=True)),
+            val=val,
+            test=TransformSubset(self._folder("test"), None, eval_tf) if has_test else val,
             train_eval=TransformSubset(train, None, eval_tf),
         )
