@@ -54,6 +54,12 @@ def test_cifar10_resizes_when_asked(cifar10_root: Path) -> None:
     assert x.shape == (2, 3, 48, 48) and dm.img_size == 48
 
 
+def test_splits_pickle_for_spawned_workers(cifar10_root: Path) -> None:
+    dm = CIFAR10DataModule(root=cifar10_root, num_workers=0, val_fraction=0.25)
+    clone = pickle.loads(pickle.dumps(dm.splits.val))
+    assert torch.equal(clone[0][0], dm.splits.val[0][0])
+
+
 def test_cifar100_reads_fine_labels(cifar100_root: Path) -> None:
     dm = CIFAR100DataModule(root=cifar100_root, batch_size=6, num_workers=0)
     assert dm.num_classes == 100
