@@ -122,9 +122,10 @@ class CIFARDataModule(ImageDataModule):
 
     def _error(self, problem: str) -> DataRootError:
         """The one-line error naming the layout this module expects."""
+        hint = "" if self.download else "; pass data.download=true to fetch them"
         return DataRootError(
             f"data.root={self.root}: expected {self.spec.label} python batches at {self.folder} "
-            f"({', '.join(self.spec.files)}); {problem}; pass data.download=true to fetch them"
+            f"({', '.join(self.spec.files)}); {problem}{hint}"
         )
 
     def _transform(self, train: bool) -> v2.Compose:
@@ -147,11 +148,10 @@ class CIFARDataModule(ImageDataModule):
         except Exception as err:  # unpickling a foreign file can raise almost anything
             raise self._error(f"could not read them ({type(err).__name__}: {err})") from err
         labels = data.targets
-        if len(labels) != len(data.data) or not all(0 <= t < self.num_classes for t in labels):
-            raise self._error(
-                f"{len(labels)} labels for {len(data.data)} images, or labels outside "
-                f"0..{self.num_classes - 1}"
-            )
+        if len(labels) != len(data.data):
+            raise self._error(f"{len(labels)} labels for {len(data.data)} images")
+        if not all(0 <= t < self.num_classes for t in labels):
+            raise self._error(f"labels outside 0..{self.num_classes - 1}")
         return data
 
     def _build_splits(self) -> Splits:

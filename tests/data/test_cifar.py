@@ -103,3 +103,6 @@ def test_wrong_contents_are_reported(cifar10_root: Path) -> None:
     bad["labels"][0] = 10  # outside 0..9
     batch.write_bytes(pickle.dumps(bad))
     assert "labels outside 0..9" in _one_line_error(cifar10_root)
+    bad["labels"] = bad["labels"][:-1]
+    batch.write_bytes(pickle.dumps(bad))
+    assert "39 labels for 40 images" in _one_line_error(cifar10_root)  # over all 5 batches
