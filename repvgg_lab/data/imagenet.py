@@ -8,8 +8,6 @@ from functools import cached_property
 from pathlib import Path
 
 from PIL import Image
-from timm.data import create_transform
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
@@ -19,6 +17,9 @@ from repvgg_lab.data.errors import DataRootError
 
 log = logging.getLogger(__name__)
 
+# The usual ImageNet channel statistics (the same values timm uses as its defaults).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 LAYOUT = "root/train/<class>/*.jpg and root/val/<class>/*.jpg (optional root/test/<class>/*.jpg)"
 
 
@@ -40,8 +41,8 @@ class ImageNetDataModule(ImageDataModule):
         interpolation: str = "bilinear",
         color_jitter: float = 0.4,
         auto_augment: str | None = None,
-        mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
-        std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         if not 0 < crop_pct <= 1:
@@ -92,6 +93,10 @@ class ImageNetDataModule(ImageDataModule):
 
     def _transform(self, train: bool) -> Callable[[Image.Image], Tensor]:
         """timm's training augmentation, or its resize + centre-crop evaluation pipeline."""
+        # Imported here: `import timm` takes seconds and pulls in wandb, and only this module
+        # needs it, so the default digits run and `import repvgg_lab.data` stay light.
+        from timm.data import create_transform
+
         return create_transform(
             input_size=self.img_size,
             is_training=train,

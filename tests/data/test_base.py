@@ -1,6 +1,10 @@
 """Shared datamodule machinery: splits, loader recipe, per-rank batch, and a real Trainer fit."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,3 +97,17 @@ def test_trainer_fits_on_digits() -> None:
     assert len(model.losses) == 1 and math.isfinite(model.losses[0])
     assert model.val_batches == 1
     assert not torch.equal(before, model.net[1].weight)
+
+
+def test_data_package_stays_below_the_pipeline() -> None:
+    # timm is imported lazily by the ImageNet transforms: it is slow and pulls in wandb.
+    code = (
+        "import sys, repvgg_lab.data\n"
+        "roots = {'hydra', 'omegaconf', 'wandb', 'lightning', 'timm'}\n"
+        "above = ('repvgg_lab.lit', 'repvgg_lab.deploy', 'repvgg_lab.pipeline')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in roots or m.startswith(above)]\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

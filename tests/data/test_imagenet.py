@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from repvgg_lab.data import DataRootError, ImageNetDataModule
+from repvgg_lab.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _dm(root: Path, **kwargs) -> ImageNetDataModule:
@@ -18,6 +19,12 @@ def _dm(root: Path, **kwargs) -> ImageNetDataModule:
 def _spread(x: torch.Tensor) -> float:
     """Largest per-channel standard deviation (0 for a solid colour)."""
     return x.std(dim=(2, 3)).max().item()
+
+
+def test_default_normalization_matches_timm() -> None:
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    assert (IMAGENET_MEAN, IMAGENET_STD) == (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
 def test_classes_and_batches(imagenet_root: Path) -> None:
