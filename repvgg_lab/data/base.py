@@ -43,7 +43,11 @@ def stratified_split(
     labels: Sequence[int] | np.ndarray, fractions: Sequence[float], seed: int
 ) -> list[np.ndarray]:
     """Split indices per class into len(fractions) parts plus the remainder (last), seeded by
-    `seed` alone (numpy, so torch's global seed never moves it); each part comes back sorted."""
+    `seed` alone (numpy, so torch's global seed never moves it); each part comes back sorted.
+
+    Each class contributes round(fraction * class size), so a class too small for a share
+    contributes nothing to that part.
+    """
     labels = np.asarray(labels)
     if any(f < 0 for f in fractions) or sum(fractions) >= 1:
         raise ValueError(f"split fractions {tuple(fractions)} must be >= 0 and sum to less than 1")
@@ -99,6 +103,9 @@ class ImageDataModule(pl.LightningDataModule):
         """The split datasets, built on first use (so `fixed_batch` works without a Trainer)."""
         if self._splits is None:
             self._splits = self._build_splits()
+            for name in SPLITS:
+                if len(getattr(self._splits, name)) == 0:
+                    log.warning("%s: the %s split is empty", type(self).__name__, name)
             log.info(
                 "%s: train %d, val %d, test %d samples",
                 type(self).__name__,

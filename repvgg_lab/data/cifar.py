@@ -17,12 +17,34 @@ from repvgg_lab.data.errors import DataRootError
 log = logging.getLogger(__name__)
 
 
+def _no_md5(files: list[list[str]]) -> list[list[str | None]]:
+    """torchvision's (name, md5) list with the md5s dropped, so only presence is checked."""
+    return [[name, None] for name, _ in files]
+
+
+# Readers: torchvision's classes with per-file md5 checks reduced to "the file exists". Hashing
+# 180 MB on every setup is slow, and it rejects small hand-made files in the same format.
+# Downloads still go through the original classes, which check the archive's md5. Module-level
+# classes (not made with type()) so datasets pickle into spawned workers.
+class _CIFAR10Reader(datasets.CIFAR10):
+    train_list = _no_md5(datasets.CIFAR10.train_list)
+    test_list = _no_md5(datasets.CIFAR10.test_list)
+    meta = {**datasets.CIFAR10.meta, "md5": None}
+
+
+class _CIFAR100Reader(datasets.CIFAR100):
+    train_list = _no_md5(datasets.CIFAR100.train_list)
+    test_list = _no_md5(datasets.CIFAR100.test_list)
+    meta = {**datasets.CIFAR100.meta, "md5": None}
+
+
 @dataclass(frozen=True)
 class CIFARSpec:
-    """What differs between CIFAR-10 and CIFAR-100: torchvision's class and the channel stats."""
+    """What differs between CIFAR-10 and CIFAR-100: torchvision's classes and channel stats."""
 
     label: str
-    dataset: type[datasets.CIFAR10]
+    dataset: type[datasets.CIFAR10]  # downloads (md5-checked)
+    reader: type[datasets.CIFAR10]  # reads the extracted batches
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -36,26 +58,21 @@ class CIFARSpec:
 
 # Per-channel mean/std of each official training set (the commonly quoted values).
 CIFAR10 = CIFARSpec(
-    "CIFAR-10", datasets.CIFAR10, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    "CIFAR-10",
+    datasets.CIFAR10,
+    _CIFAR10Reader,
+    10,
+    (0.4914, 0.4822, 0.4465),
+    (0.2470, 0.2435, 0.2616),
 )
 CIFAR100 = CIFARSpec(
-    "CIFAR-100", datasets.CIFAR100, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    "CIFAR-100",
+    datasets.CIFAR100,
+    _CIFAR100Reader,
+    100,
+    (0.5071, 0.4865, 0.4409),
+    (0.2673, 0.2564, 0.2762),
 )
-
-
-def _presence_checked(dataset: type[datasets.CIFAR10]) -> type[datasets.CIFAR10]:
-    """torchvision's class with its per-file md5 checks reduced to "the file exists": hashing
-    180 MB on every setup is slow, and it rejects small hand-made files in the same format.
-    Downloads still go through the original class, whose archive md5 is checked."""
-    return type(
-        dataset.__name__,
-        (dataset,),
-        {
-            "train_list": [[name, None] for name, _ in dataset.train_list],
-            "test_list": [[name, None] for name, _ in dataset.test_list],
-            "meta": {**dataset.meta, "md5": None},
-        },
-    )
 
 
 class CIFARDataModule(ImageDataModule):
@@ -105,9 +122,10 @@ class CIFARDataModule(ImageDataModule):
 
     def _error(self, problem: str) -> DataRootError:
         """The one-line error naming the layout this module expects."""
+        hint = "" if self.download else "; pass data.download=true to fetch them"
         return DataRootError(
             f"data.root={self.root}: expected {self.spec.label} python batches at {self.folder} "
-            f"({', '.join(self.spec.files)}); {problem}; pass data.download=true to fetch them"
+            f"({', '.join(self.spec.files)}); {problem}{hint}"
         )
 
     def _transform(self, train: bool) -> v2.Compose:
@@ -126,15 +144,14 @@ class CIFARDataModule(ImageDataModule):
     def _read(self, train: bool) -> datasets.CIFAR10:
         """One official split, with every way the files can be unreadable turned into one error."""
         try:
-            data = _presence_checked(self.spec.dataset)(str(self.root), train=train)
+            data = self.spec.reader(str(self.root), train=train)
         except Exception as err:  # unpickling a foreign file can raise almost anything
             raise self._error(f"could not read them ({type(err).__name__}: {err})") from err
         labels = data.targets
-        if len(labels) != len(data.data) or not all(0 <= t < self.num_classes for t in labels):
-            raise self._error(
-                f"{len(labels)} labels for {len(data.data)} images, or labels outside "
-                f"0..{self.num_classes - 1}"
-            )
+        if len(labels) != len(data.data):
+            raise self._error(f"{len(labels)} labels for {len(data.data)} images")
+        if not all(0 <= t < self.num_classes for t in labels):
+            raise self._error(f"labels outside 0..{self.num_classes - 1}")
         return data
 
     def _build_splits(self) -> Splits:

@@ -34,7 +34,8 @@ class DigitsDataModule(ImageDataModule):
     """Digits held in memory as tensors, built once in `setup`; no download, no disk reads.
 
     Pixels 0..16 are scaled to [0, 1], upsampled bilinearly to `img_size`, then normalized with
-    one mean/std computed over the training split's pixels (exposed as `mean`, `std` after setup).
+    one mean/std computed over the training split's pixels (exposed as `mean`, `std` after setup;
+    about 0.306 and 0.324 at img_size=32, split_seed=0).
     The stratified train/val/test split depends on `split_seed` only, never on torch's seed.
     Training augmentation (`augment`) is a random shift of up to img_size/8 pixels, padding
     with the edge value (the digits' border is background).

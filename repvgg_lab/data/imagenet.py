@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
-from timm.data import create_transform
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from PIL import Image
+from torch import Tensor
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
@@ -16,6 +17,9 @@ from repvgg_lab.data.errors import DataRootError
 
 log = logging.getLogger(__name__)
 
+# The usual ImageNet channel statistics (the same values timm uses as its defaults).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 LAYOUT = "root/train/<class>/*.jpg and root/val/<class>/*.jpg (optional root/test/<class>/*.jpg)"
 
 
@@ -37,8 +41,8 @@ class ImageNetDataModule(ImageDataModule):
         interpolation: str = "bilinear",
         color_jitter: float = 0.4,
         auto_augment: str | None = None,
-        mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
-        std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         if not 0 < crop_pct <= 1:
@@ -87,8 +91,12 @@ class ImageNetDataModule(ImageDataModule):
             )
         return folder
 
-    def _transform(self, train: bool):  # noqa: ANN202 (timm returns a torchvision Compose)
+    def _transform(self, train: bool) -> Callable[[Image.Image], Tensor]:
         """timm's training augmentation, or its resize + centre-crop evaluation pipeline."""
+        # Imported here: `import timm` takes seconds and pulls in wandb, and only this module
+        # needs it, so the default digits run and `import repvgg_lab.data` stay light.
+        from timm.data import create_transform
+
         return create_transform(
             input_size=self.img_size,
             is_training=train,
@@ -102,12 +110,14 @@ class ImageNetDataModule(ImageDataModule):
 
     def _build_splits(self) -> Splits:
         """Scan the folders once; the training folder serves both train and train_eval."""
-        train, val = self._folder("train"), self._folder("val")
-        test = self._folder("test") if (self.root / "test").is_dir() else val
-        train_tf, eval_tf = self._transform(train=True), self._transform(train=False)
+        _ = self.classes  # checks the layout first, so errors name what is missing
+        train = self._folder("train")
+        eval_tf = self._transform(train=False)
+        val = TransformSubset(self._folder("val"), None, eval_tf)
+        has_test = (self.root / "test").is_dir()
         return Splits(
-            train=TransformSubset(train, None, train_tf),
-            val=TransformSubset(val, None, eval_tf),
-            test=TransformSubset(test, None, eval_tf),
+            train=TransformSubset(train, None, self._transform(train=True)),
+            val=val,
+            test=TransformSubset(self._folder("test"), None, eval_tf) if has_test else val,
             train_eval=TransformSubset(train, None, eval_tf),
         )
