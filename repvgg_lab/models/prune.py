@@ -26,6 +26,7 @@ from repvgg_lab.reparam.prune import (
     constant_outputs,
     filter_norms,
     fold_into_bias,
+    input_norms,
     prune_inputs,
     prune_outputs,
     ratio_threshold,
@@ -35,7 +36,7 @@ from repvgg_lab.reparam.prune import (
 log = logging.getLogger(__name__)
 
 Scope = Literal["layer", "global"]
-Score = Literal["l2", "l2_mean"]
+Score = Literal["l2", "l2_next"]
 
 
 class PruningError(InputError):
@@ -155,20 +156,35 @@ def _fold_kind(n_constant: int, consumer: nn.Conv2d | None) -> str | None:
     return "carrier" if _reads_padding(consumer) else "bias"
 
 
-def _scores(weight: Tensor, score: Score) -> Tensor:
-    norms = filter_norms(weight)
-    if score == "l2":
-        return norms
-    if score == "l2_mean":
-        # Relative to the layer's mean norm, so one global threshold treats layers alike.
-        mean = norms.mean()
-        return norms / mean if float(mean) > 0 else norms
-    raise PruningError(f"unknown channel score {score!r}; use 'l2' or 'l2_mean'")
+def _consumer(net: PlainNet, layers: list[PlainLayer], i: int) -> tuple[Tensor, int]:
+    """Weight and groups of whatever reads layer i's output (the next conv, or the head)."""
+    if i + 1 < len(layers):
+        return layers[i + 1].conv.weight, layers[i + 1].conv.groups
+    return net.head.fc.weight, 1
 
 
-def channel_scores(net: PlainNet, score: Score = "l2") -> list[Tensor]:
+def _scores(weight: Tensor, consumer: tuple[Tensor, int], score: Score, normalize: bool) -> Tensor:
+    """Channel scores: fused-filter L2 norm ("l2"), or that times the norm of the consumer's
+    weights on the channel ("l2_next", how much the channel can move the next layer); with
+    `normalize`, divided by the layer's mean so one global threshold treats layers alike."""
+    scores = filter_norms(weight)
+    if score == "l2_next":
+        scores = scores * input_norms(*consumer)
+    elif score != "l2":
+        raise PruningError(f"unknown channel score {score!r}; use 'l2' or 'l2_next'")
+    if normalize:
+        mean = scores.mean()
+        scores = scores / mean if float(mean) > 0 else scores
+    return scores
+
+
+def channel_scores(net: PlainNet, score: Score = "l2", normalize: bool = False) -> list[Tensor]:
     """Per-layer channel scores of the unpruned net (float64), e.g. for histograms."""
-    return [_scores(layer.conv.weight, score) for layer in _check_prunable(net)]
+    layers = _check_prunable(net)
+    return [
+        _scores(layer.conv.weight, _consumer(net, layers, i), score, normalize)
+        for i, layer in enumerate(layers)
+    ]
 
 
 def _new_layer(
@@ -221,15 +237,19 @@ def prune_plain(
     ratio: float | None = None,
     scope: Scope = "layer",
     score: Score = "l2",
+    normalize: bool = False,
     min_channels: int = 1,
     multiple: int = 1,
 ) -> tuple[PlainNet, dict[str, Any]]:
     """Remove output channels of every layer of `net`; returns (pruned net, summary).
 
-    A channel goes when its fused-filter score is <= `threshold`, or when it is among the
-    lowest-scoring fraction `ratio` of its layer (`scope="layer"`) or of the whole net
-    (`scope="global"`). Scores are taken on each layer's filters after the previous layer's
-    pruning, so a channel that only read removed dead channels counts as zero. A removed channel
+    A channel goes when its score is <= `threshold`, or when it is among the lowest-scoring
+    fraction `ratio` of its layer (`scope="layer"`) or of the whole net (`scope="global"`).
+    The score is the fused-filter L2 norm (`score="l2"`), or that times the norm of the
+    consumer's weights on the channel (`"l2_next"`: also zero for a channel nobody reads);
+    `normalize` divides by each layer's mean score. Scores are taken on each layer's filters
+    after the previous layer's pruning, so a channel that only read removed dead channels
+    counts as zero. A removed channel
     is replaced by its constant output: dead ones vanish, constant ones go into a carrier channel
     (zero-padded consumers), the consumer's bias (padding-free consumers) or the head's bias.
     With threshold 0 the result equals `net` at every pixel up to rounding (`summary["exact"]`).
@@ -250,7 +270,8 @@ def prune_plain(
         )
     layers = _check_prunable(net)
     if ratio is not None and scope == "global":
-        threshold, ratio = ratio_threshold(torch.cat(channel_scores(net, score)), ratio), None
+        all_scores = torch.cat(channel_scores(net, score, normalize))
+        threshold, ratio = ratio_threshold(all_scores, ratio), None
 
     new_layers, records = [], []
     incoming: tuple[Tensor, Tensor | None, int, str | None] | None = None
@@ -266,7 +287,7 @@ def prune_plain(
         lower, upper = activation_bounds(layer.act, conv.out_channels)
         last = i + 1 == len(layers)
         blocks = math.lcm(conv.groups, 1 if last else layers[i + 1].conv.groups)
-        scores = _scores(weight, score)
+        scores = _scores(weight, _consumer(net, layers, i), score, normalize)
         keep = select_channels(
             scores,
             threshold=threshold,
@@ -317,6 +338,7 @@ def prune_plain(
         "ratio": ratio,
         "scope": scope,
         "score": score,
+        "normalize": normalize,
         "exact": all(r["max_removed_score"] == 0.0 for r in records),
         "channels_before": sum(r["channels_before"] for r in records),
         "channels_after": sum(r["channels_after"] for r in records),
@@ -345,6 +367,7 @@ def prune_to_macs(
     *,
     scope: Scope = "global",
     score: Score = "l2",
+    normalize: bool = False,
     min_channels: int = 1,
     multiple: int = 1,
 ) -> tuple[PlainNet, dict[str, Any]]:
@@ -358,7 +381,13 @@ def prune_to_macs(
     in_channels = _input_channels(net)
     before = count_macs(net, input_size, in_channels)
     target = (1.0 - reduction) * before
-    options = {"scope": scope, "score": score, "min_channels": min_channels, "multiple": multiple}
+    options = {
+        "scope": scope,
+        "score": score,
+        "normalize": normalize,
+        "min_channels": min_channels,
+        "multiple": multiple,
+    }
 
     def attempt(value: float) -> tuple[PlainNet, dict[str, Any], int]:
         key = "threshold" if scope == "global" else "ratio"
@@ -366,7 +395,7 @@ def prune_to_macs(
         return pruned, summary, count_macs(pruned, input_size, in_channels)
 
     if scope == "global":
-        candidates = torch.cat(channel_scores(net, score)).unique().tolist()
+        candidates = torch.cat(channel_scores(net, score, normalize)).unique().tolist()
     else:
         # Ratios 0 .. 1 on a grid fine enough to move any layer's kept count by one.
         widest = max(layer.conv.out_channels for layer in net.features)

@@ -32,6 +32,17 @@ def filter_norms(weight: Tensor) -> Tensor:
     return weight.detach().to(FUSE_DTYPE).flatten(1).norm(dim=1)
 
 
+def input_norms(weight: Tensor, groups: int = 1) -> Tensor:
+    """L2 norm of the weights with which a consumer (conv or linear) reads each of its input
+    channels, in float64; 0 means the channel is never read."""
+    w = weight.detach().to(FUSE_DTYPE)
+    if w.dim() == 2:
+        w = w[:, :, None, None]
+    out_ch, per_group = w.shape[:2]
+    squares = w.reshape(groups, out_ch // groups, per_group, -1).pow(2).sum(dim=(1, 3))
+    return squares.sqrt().flatten()
+
+
 def constant_outputs(bias: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     """What each channel outputs when its filter is zero: clamp(bias, lower, upper), float64."""
     b = bias.detach().to(FUSE_DTYPE)

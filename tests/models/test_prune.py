@@ -282,6 +282,24 @@ def test_global_ratio_uses_one_threshold_for_all_layers():
     assert pruned(x).shape == (1, 7)
 
 
+def test_l2_next_also_removes_unread_channels_exactly():
+    net = _test_net(seed=7).double()
+    with torch.no_grad():
+        net.features[0].conv.bias[0] = 0.8  # a live, varying channel ...
+        net.features[1].conv.weight[:, 0] = 0  # ... that layer 1 never reads
+    _, by_filter = prune_plain(net, threshold=0.0)
+    assert 0 in by_filter["layers"][0]["source"]
+    pruned, by_use = prune_plain(net, threshold=0.0, score="l2_next")
+    assert 0 not in by_use["layers"][0]["source"] and by_use["exact"]
+    x = torch.randn(2, 3, 33, 33, dtype=torch.float64)
+    _assert_equivalent(net, pruned, by_use, x, rtol=1e-12)
+
+
+def test_normalized_scores_have_unit_mean_per_layer():
+    for scores in channel_scores(_test_net(), score="l2_next", normalize=True):
+        assert float(scores.mean()) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_prune_to_macs_meets_the_target_with_the_least_pruning(scope):
     net = _test_net()
