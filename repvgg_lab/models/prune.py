@@ -9,8 +9,10 @@ then `plain = as_plain_net(model)`, `pruned, info = prune_plain(plain, threshold
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -24,6 +26,7 @@ from repvgg_lab.models.plain import PlainLayer, PlainNet, activation_bounds, mak
 from repvgg_lab.models.repvgg import RepVGG
 from repvgg_lab.reparam.prune import (
     constant_outputs,
+    effective_norms,
     filter_norms,
     fold_into_bias,
     input_norms,
@@ -163,26 +166,25 @@ def _consumer(net: PlainNet, layers: list[PlainLayer], i: int) -> tuple[Tensor, 
     return net.head.fc.weight, 1
 
 
-def _scores(weight: Tensor, consumer: tuple[Tensor, int], score: Score, normalize: bool) -> Tensor:
-    """Channel scores: fused-filter L2 norm ("l2"), or that times the norm of the consumer's
-    weights on the channel ("l2_next", how much the channel can move the next layer); with
-    `normalize`, divided by the layer's mean so one global threshold treats layers alike."""
-    scores = filter_norms(weight)
+def _scores(norms: Tensor, consumer: tuple[Tensor, int], score: Score, normalize: bool) -> Tensor:
+    """Channel scores from fused-filter norms: the norm itself ("l2"), or times the norm of the
+    consumer's weights on the channel ("l2_next", how much the channel can move the next layer);
+    with `normalize`, divided by the layer's mean so one global threshold treats layers alike."""
     if score == "l2_next":
-        scores = scores * input_norms(*consumer)
+        norms = norms * input_norms(*consumer)
     elif score != "l2":
         raise PruningError(f"unknown channel score {score!r}; use 'l2' or 'l2_next'")
     if normalize:
-        mean = scores.mean()
-        scores = scores / mean if float(mean) > 0 else scores
-    return scores
+        mean = norms.mean()
+        norms = norms / mean if float(mean) > 0 else norms
+    return norms
 
 
 def channel_scores(net: PlainNet, score: Score = "l2", normalize: bool = False) -> list[Tensor]:
     """Per-layer channel scores of the unpruned net (float64), e.g. for histograms."""
     layers = _check_prunable(net)
     return [
-        _scores(layer.conv.weight, _consumer(net, layers, i), score, normalize)
+        _scores(filter_norms(layer.conv.weight), _consumer(net, layers, i), score, normalize)
         for i, layer in enumerate(layers)
     ]
 
@@ -230,6 +232,141 @@ def _new_head(old: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
     return head
 
 
+@dataclass
+class _LayerPlan:
+    """What happens to one layer's output channels."""
+
+    keep: Tensor  # sorted kept channels, the same number per block
+    bias: Tensor  # float64 bias after folding the previous layer's constants (if "bias" fold)
+    constants: Tensor  # a_c = act(bias): each channel's value if its filter were zero
+    blocks: int
+    fold: str | None  # where removed constants go: None, "carrier", "bias" or "head"
+    scores: Tensor
+
+    @property
+    def carried(self) -> Tensor | None:
+        """The constants the consumer turns into carrier slices (None: no carriers)."""
+        return self.constants if self.fold == "carrier" else None
+
+    @property
+    def width(self) -> int:
+        return self.keep.numel() + (self.blocks if self.fold == "carrier" else 0)
+
+
+def _plan(
+    net: PlainNet,
+    layers: list[PlainLayer],
+    threshold: float | None,
+    ratio: float | None,
+    options: dict[str, Any],
+) -> list[_LayerPlan]:
+    """Decide every layer's keep set in order; scores see the previous layer's pruning."""
+    plans: list[_LayerPlan] = []
+    for i, layer in enumerate(layers):
+        conv, prev = layer.conv, plans[-1] if plans else None
+        bias = conv.bias.detach().to(torch.float64)
+        if prev is None:
+            norms = filter_norms(conv.weight)
+        else:
+            if prev.fold == "bias":
+                bias = fold_into_bias(conv.weight, conv.groups, bias, prev.keep, prev.constants)
+            norms = effective_norms(conv.weight, conv.groups, prev.keep, prev.carried, prev.blocks)
+        consumer = _consumer(net, layers, i)
+        scores = _scores(norms, consumer, options["score"], options["normalize"])
+        last = i + 1 == len(layers)
+        blocks = math.lcm(conv.groups, 1 if last else layers[i + 1].conv.groups)
+        keep = select_channels(
+            scores,
+            threshold=threshold,
+            ratio=ratio,
+            blocks=blocks,
+            min_keep=options["min_channels"],
+            multiple=options["multiple"],
+        )
+        constants = constant_outputs(bias, *activation_bounds(layer.act, conv.out_channels))
+        removed = torch.ones_like(constants, dtype=torch.bool)
+        removed[keep] = False
+        fold = _fold_kind(
+            int((removed & (constants != 0)).sum()), None if last else layers[i + 1].conv
+        )
+        plans.append(_LayerPlan(keep, bias, constants, blocks, fold, scores))
+    return plans
+
+
+def _apply(net: PlainNet, layers: list[PlainLayer], plans: list[_LayerPlan]) -> PlainNet:
+    """Build the pruned net of a plan; float64 folding, rounded once to the net's dtype."""
+    new_layers = []
+    prev: _LayerPlan | None = None
+    for layer, plan in zip(layers, plans, strict=True):
+        conv = layer.conv
+        weight = conv.weight.detach()
+        if prev is not None:
+            weight = prune_inputs(weight, conv.groups, prev.keep, prev.carried, prev.blocks)
+        lower, upper = activation_bounds(layer.act, conv.out_channels)
+        parts = prune_outputs(
+            weight, plan.bias, lower, upper, plan.keep, plan.blocks, plan.fold == "carrier"
+        )
+        new_layers.append(_new_layer(layer, *parts))
+        prev = plan
+    fc = net.head.fc
+    bias = fc.bias.detach()
+    if prev.fold == "head":
+        # Global average pooling of a constant map is that constant: the fold is exact.
+        bias = fold_into_bias(fc.weight, 1, bias, prev.keep, prev.constants)
+    weight = prune_inputs(fc.weight, 1, prev.keep, None, prev.blocks)
+    return PlainNet(new_layers, _new_head(net.head, weight, bias)).train(net.training)
+
+
+def _record(i: int, plan: _LayerPlan) -> dict[str, Any]:
+    """Per-layer summary; `source[j]` is the original channel of new channel j (-1: carrier)."""
+    removed = torch.ones_like(plan.constants, dtype=torch.bool)
+    removed[plan.keep] = False
+    n_constant = int((removed & (plan.constants != 0)).sum())
+    source = plan.keep.view(plan.blocks, -1)
+    if plan.fold == "carrier":
+        source = torch.cat([source, source.new_full((plan.blocks, 1), -1)], dim=1)
+    return {
+        "layer": i,
+        "channels_before": plan.constants.numel(),
+        "channels_after": plan.width,
+        "kept": plan.keep.numel(),
+        "dead": int(removed.sum()) - n_constant,
+        "constant": n_constant,
+        "carriers": plan.blocks if plan.fold == "carrier" else 0,
+        "fold": plan.fold,
+        "max_removed_score": float(plan.scores[removed].max()) if bool(removed.any()) else 0.0,
+        "source": source.flatten().tolist(),
+    }
+
+
+def _options(
+    net: PlainNet,
+    threshold: float | None,
+    ratio: float | None,
+    scope: str,
+    options: dict[str, Any],
+) -> tuple[list[PlainLayer], float | None, float | None]:
+    """Check the options and the net; a global ratio becomes the equivalent global threshold."""
+    if (threshold is None) == (ratio is None):
+        raise PruningError("give exactly one of prune.threshold and prune.ratio")
+    if threshold is not None and math.isnan(threshold):
+        raise PruningError("prune.threshold is NaN")
+    if scope not in ("layer", "global"):
+        raise PruningError(f"unknown pruning scope {scope!r}; use 'layer' or 'global'")
+    if ratio is not None and not 0.0 <= ratio <= 1.0:
+        raise PruningError(f"prune.ratio must lie in [0, 1], got {ratio}")
+    if options["min_channels"] < 1 or options["multiple"] < 1:
+        raise PruningError(
+            f"min_channels and multiple must be >= 1, got {options['min_channels']}, "
+            f"{options['multiple']}"
+        )
+    layers = _check_prunable(net)
+    if ratio is not None and scope == "global":
+        scores = channel_scores(net, options["score"], options["normalize"])
+        threshold, ratio = ratio_threshold(torch.cat(scores), ratio), None
+    return layers, threshold, ratio
+
+
 def prune_plain(
     net: PlainNet,
     *,
@@ -249,96 +386,28 @@ def prune_plain(
     consumer's weights on the channel (`"l2_next"`: also zero for a channel nobody reads);
     `normalize` divides by each layer's mean score. Scores are taken on each layer's filters
     after the previous layer's pruning, so a channel that only read removed dead channels
-    counts as zero. A removed channel
-    is replaced by its constant output: dead ones vanish, constant ones go into a carrier channel
-    (zero-padded consumers), the consumer's bias (padding-free consumers) or the head's bias.
+    counts as zero. A removed channel is replaced by its constant output: dead ones vanish,
+    constant ones go into a carrier channel (zero-padded consumers), the consumer's bias
+    (padding-free consumers) or the head's bias.
     With threshold 0 the result equals `net` at every pixel up to rounding (`summary["exact"]`).
     Each layer keeps at least `min_channels` (>= 1), as a multiple of `multiple` when possible;
     layers feeding or being grouped convs remove the same number per group. `net` is untouched.
     """
-    if (threshold is None) == (ratio is None):
-        raise PruningError("give exactly one of prune.threshold and prune.ratio")
-    if threshold is not None and math.isnan(threshold):
-        raise PruningError("prune.threshold is NaN")
-    if scope not in ("layer", "global"):
-        raise PruningError(f"unknown pruning scope {scope!r}; use 'layer' or 'global'")
-    if ratio is not None and not 0.0 <= ratio <= 1.0:
-        raise PruningError(f"prune.ratio must lie in [0, 1], got {ratio}")
-    if min_channels < 1 or multiple < 1:
-        raise PruningError(
-            f"min_channels and multiple must be >= 1, got {min_channels}, {multiple}"
-        )
-    layers = _check_prunable(net)
-    if ratio is not None and scope == "global":
-        all_scores = torch.cat(channel_scores(net, score, normalize))
-        threshold, ratio = ratio_threshold(all_scores, ratio), None
-
-    new_layers, records = [], []
-    incoming: tuple[Tensor, Tensor | None, int, str | None] | None = None
-    for i, layer in enumerate(layers):
-        conv = layer.conv
-        weight, bias = conv.weight.detach(), conv.bias.detach()
-        if incoming is not None:
-            keep_in, constants_in, blocks_in, fold_in = incoming
-            if fold_in == "bias":
-                bias = fold_into_bias(weight, conv.groups, bias, keep_in, constants_in)
-            carried = constants_in if fold_in == "carrier" else None
-            weight = prune_inputs(weight, conv.groups, keep_in, carried, blocks_in)
-        lower, upper = activation_bounds(layer.act, conv.out_channels)
-        last = i + 1 == len(layers)
-        blocks = math.lcm(conv.groups, 1 if last else layers[i + 1].conv.groups)
-        scores = _scores(weight, _consumer(net, layers, i), score, normalize)
-        keep = select_channels(
-            scores,
-            threshold=threshold,
-            ratio=ratio,
-            blocks=blocks,
-            min_keep=min_channels,
-            multiple=multiple,
-        )
-        removed = torch.ones(conv.out_channels, dtype=torch.bool, device=keep.device)
-        removed[keep] = False
-        constants = constant_outputs(bias, lower, upper)
-        n_constant = int((removed & (constants != 0)).sum())
-        fold = _fold_kind(n_constant, None if last else layers[i + 1].conv)
-        carriers = fold == "carrier"
-        new_layers.append(
-            _new_layer(layer, *prune_outputs(weight, bias, lower, upper, keep, blocks, carriers))
-        )
-        source = keep.view(blocks, -1)
-        if carriers:
-            source = torch.cat([source, source.new_full((blocks, 1), -1)], dim=1)
-        records.append(
-            {
-                "layer": i,
-                "channels_before": conv.out_channels,
-                "channels_after": source.numel(),
-                "kept": keep.numel(),
-                "dead": int(removed.sum()) - n_constant,
-                "constant": n_constant,
-                "carriers": blocks if carriers else 0,
-                "fold": fold,
-                "max_removed_score": float(scores[removed].max()) if bool(removed.any()) else 0.0,
-                "source": source.flatten().tolist(),
-            }
-        )
-        incoming = (keep, constants, blocks, fold)
-
-    keep_in, constants_in, blocks_in, fold_in = incoming
-    fc = net.head.fc
-    fc_bias = fc.bias.detach()
-    if fold_in == "head":
-        # Global average pooling of a constant map is that constant: the fold is exact.
-        fc_bias = fold_into_bias(fc.weight, 1, fc_bias, keep_in, constants_in)
-    fc_weight = prune_inputs(fc.weight, 1, keep_in, None, blocks_in)
-    pruned = PlainNet(new_layers, _new_head(net.head, fc_weight, fc_bias)).train(net.training)
-
-    summary = {
-        "threshold": threshold,
-        "ratio": ratio,
-        "scope": scope,
+    options = {
         "score": score,
         "normalize": normalize,
+        "min_channels": min_channels,
+        "multiple": multiple,
+    }
+    layers, threshold_used, ratio_used = _options(net, threshold, ratio, scope, options)
+    plans = _plan(net, layers, threshold_used, ratio_used, options)
+    pruned = _apply(net, layers, plans)
+    records = [_record(i, plan) for i, plan in enumerate(plans)]
+    summary = {
+        "threshold": threshold_used,
+        "ratio": ratio_used,
+        "scope": scope,
+        **options,
         "exact": all(r["max_removed_score"] == 0.0 for r in records),
         "channels_before": sum(r["channels_before"] for r in records),
         "channels_after": sum(r["channels_after"] for r in records),
@@ -360,6 +429,36 @@ def _input_channels(model: nn.Module) -> int:
     return conv.in_channels
 
 
+def _output_pixels(net: PlainNet, input_size: int | tuple[int, int]) -> list[int]:
+    """Output pixels of each layer's conv for one image of `input_size`."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    pixels: list[int] = []
+    hooks = [
+        layer.conv.register_forward_hook(lambda m, i, out: pixels.append(out[0, 0].numel()))
+        for layer in net.features
+    ]
+    ref = net.features[0].conv.weight
+    try:
+        with torch.no_grad():
+            net.features(torch.zeros(1, ref.shape[1] * net.features[0].conv.groups, h, w).to(ref))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return pixels
+
+
+def _plan_macs(
+    net: PlainNet, layers: list[PlainLayer], plans: list[_LayerPlan], pixels: list[int]
+) -> int:
+    """MACs of the net a plan builds (what count_macs would report), without building it."""
+    total, width = 0, layers[0].conv.in_channels
+    for layer, plan, n in zip(layers, plans, pixels, strict=True):
+        conv = layer.conv
+        total += n * plan.width * (width // conv.groups) * math.prod(conv.kernel_size)
+        width = plan.width
+    return total + width * net.head.fc.out_features
+
+
 def prune_to_macs(
     net: PlainNet,
     reduction: float,
@@ -378,45 +477,47 @@ def prune_to_macs(
     summary adds `macs_before`, `macs_after` and `macs_target`."""
     if not 0.0 < reduction < 1.0:
         raise PruningError(f"MAC reduction must lie in (0, 1), got {reduction}")
-    in_channels = _input_channels(net)
-    before = count_macs(net, input_size, in_channels)
-    target = (1.0 - reduction) * before
     options = {
-        "scope": scope,
         "score": score,
         "normalize": normalize,
         "min_channels": min_channels,
         "multiple": multiple,
     }
+    layers, _, _ = _options(net, 0.0, None, scope, options)  # checks the options and the net
+    before = count_macs(net, input_size, layers[0].conv.in_channels)
+    target = (1.0 - reduction) * before
+    pixels = _output_pixels(net, input_size)
+    key = "threshold" if scope == "global" else "ratio"
 
-    def attempt(value: float) -> tuple[PlainNet, dict[str, Any], int]:
-        key = "threshold" if scope == "global" else "ratio"
-        pruned, summary = prune_plain(net, **{key: value}, **options)
-        return pruned, summary, count_macs(pruned, input_size, in_channels)
+    @functools.cache
+    def macs(value: float) -> int:
+        threshold, ratio = (value, None) if key == "threshold" else (None, value)
+        return _plan_macs(net, layers, _plan(net, layers, threshold, ratio, options), pixels)
 
     if scope == "global":
         candidates = torch.cat(channel_scores(net, score, normalize)).unique().tolist()
     else:
         # Ratios 0 .. 1 on a grid fine enough to move any layer's kept count by one.
-        widest = max(layer.conv.out_channels for layer in net.features)
+        widest = max(layer.conv.out_channels for layer in layers)
         candidates = [j / widest for j in range(widest + 1)]
-    best = attempt(candidates[-1])
-    if best[2] > target:
+    most = macs(candidates[-1])
+    if most > target:
         raise PruningError(
             f"cannot remove {reduction:.0%} of the MACs with min_channels={min_channels}, "
-            f"multiple={multiple}: at most {1 - best[2] / before:.1%}"
+            f"multiple={multiple}: at most {1 - most / before:.1%}"
         )
     # Invariant: candidates[hi] meets the target, candidates[lo] (or nothing, at -1) does not.
     lo, hi = -1, len(candidates) - 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        result = attempt(candidates[mid])
-        if result[2] <= target:
-            hi, best = mid, result
+        if macs(candidates[mid]) <= target:
+            hi = mid
         else:
             lo = mid
-    pruned, summary, after = best
-    summary.update(macs_before=before, macs_after=after, macs_target=target)
+    pruned, summary = prune_plain(net, **{key: candidates[hi]}, scope="layer", **options)
+    summary["scope"] = scope
+    # macs_after comes from the plan (what the bisection saw); tests check it against count_macs.
+    summary.update(macs_before=before, macs_after=macs(candidates[hi]), macs_target=target)
     return pruned, summary
 
 

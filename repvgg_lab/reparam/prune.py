@@ -131,6 +131,33 @@ def _removed_constants(constants: Tensor, keep: Tensor) -> Tensor:
     return a
 
 
+def _columns(w: Tensor, groups: int, channels: Tensor, blocks: int) -> Tensor:
+    """Input columns `channels` (sorted, the same number per block) of a (O, I/groups, k, k)
+    weight, as a (groups, O/groups, blocks/groups, n_per_block, k, k) view of a copy."""
+    out_ch, per_group, kh, kw = w.shape
+    blocks_per_group = _blocks_per_group(out_ch, groups, blocks)
+    local = _block_local(channels, per_group * groups, blocks)
+    # Indices inside their group (blocks never straddle a group).
+    offsets = (torch.arange(blocks, device=local.device) % blocks_per_group) * (
+        per_group // blocks_per_group
+    )
+    index = (local + offsets.unsqueeze(1)).view(groups, 1, -1, 1, 1)
+    w5 = w.reshape(groups, out_ch // groups, per_group, kh, kw)
+    taken = w5.gather(2, index.expand(-1, w5.shape[1], -1, kh, kw))
+    return taken.view(groups, out_ch // groups, blocks_per_group, local.shape[1], kh, kw)
+
+
+def _blocks_per_group(out_ch: int, groups: int, blocks: int) -> int:
+    if blocks % groups or out_ch % groups:
+        raise ValueError(f"blocks={blocks} must be a multiple of the consumer's groups={groups}")
+    return blocks // groups
+
+
+def _as_conv(weight: Tensor) -> Tensor:
+    w = weight.detach()
+    return w[:, :, None, None] if w.dim() == 2 else w
+
+
 def prune_inputs(
     weight: Tensor,
     groups: int,
@@ -142,35 +169,55 @@ def prune_inputs(
     channels, in its own dtype. With `constants` (a_c for every input channel; kept entries
     ignored) each block's kept columns are followed by one carrier column
     sum_{c removed} a_c K[:, c], summed in float64 and rounded once."""
-    linear = weight.dim() == 2
-    w = weight.detach()
-    if linear:
-        w = w[:, :, None, None]
-    out_ch, per_group, kh, kw = w.shape
-    in_ch = per_group * groups
-    if blocks % groups or out_ch % groups:
-        raise ValueError(f"blocks={blocks} must be a multiple of the consumer's groups={groups}")
-    local = _block_local(keep, in_ch, blocks)
-    per_block, blocks_per_group, k = in_ch // blocks, blocks // groups, local.shape[1]
-    # Kept columns as indices inside their group (blocks never straddle a group).
-    offsets = (torch.arange(blocks, device=local.device) % blocks_per_group) * per_block
-    columns = (local + offsets.unsqueeze(1)).view(groups, -1)
-    w5 = w.reshape(groups, out_ch // groups, per_group, kh, kw)
-    index = columns.view(groups, 1, -1, 1, 1).expand(-1, w5.shape[1], -1, kh, kw)
-    kept = w5.gather(2, index)
+    w = _as_conv(weight)
+    out_ch, _, kh, kw = w.shape
+    kept = _columns(w, groups, keep, blocks)
     if constants is not None:
-        a = _removed_constants(constants, keep).view(groups, blocks_per_group, per_block)
-        w6 = w5.reshape(groups, -1, blocks_per_group, per_block, kh * kw).to(FUSE_DTYPE)
-        carrier = torch.einsum("gobpt,gbp->gobt", w6, a).to(w.dtype)
-        kept = torch.cat(
-            [
-                kept.view(groups, -1, blocks_per_group, k, kh, kw),
-                carrier.view(groups, -1, blocks_per_group, 1, kh, kw),
-            ],
-            dim=3,
-        )
+        carrier = carrier_kernels(w, groups, keep, constants, blocks).to(w.dtype)
+        kept = torch.cat([kept, carrier.view(*kept.shape[:3], 1, kh, kw)], dim=3)
     out = kept.reshape(out_ch, -1, kh, kw)
-    return out[:, :, 0, 0] if linear else out
+    return out[:, :, 0, 0] if weight.dim() == 2 else out
+
+
+def carrier_kernels(
+    weight: Tensor, groups: int, keep: Tensor, constants: Tensor, blocks: int = 1
+) -> Tensor:
+    """The consumer's carrier slices, float64 (O, blocks/groups, k, k): for each block, the sum
+    over its removed input channels c of a_c K[:, c]."""
+    w = _as_conv(weight)
+    out_ch, per_group, kh, kw = w.shape
+    blocks_per_group = _blocks_per_group(out_ch, groups, blocks)
+    _block_local(keep, per_group * groups, blocks)
+    removed = torch.ones(per_group * groups, dtype=torch.bool, device=w.device)
+    removed[keep] = False
+    if not bool(removed.any()):
+        return w.new_zeros((out_ch, blocks_per_group, kh, kw), dtype=FUSE_DTYPE)
+    # Only the removed columns are converted to float64: usually a small part of the kernel.
+    index = removed.nonzero().flatten()
+    taken = _columns(w, groups, index, blocks).to(FUSE_DTYPE)
+    a = constants.detach().to(FUSE_DTYPE)[index].view(groups, 1, blocks_per_group, -1, 1, 1)
+    return (taken * a).sum(dim=3).reshape(out_ch, blocks_per_group, kh, kw)
+
+
+def effective_norms(
+    weight: Tensor,
+    groups: int = 1,
+    keep: Tensor | None = None,
+    constants: Tensor | None = None,
+    blocks: int = 1,
+) -> Tensor:
+    """filter_norms(prune_inputs(weight, groups, keep, constants, blocks)) without building the
+    pruned weight (float64; exactly 0 iff that filter is all zeros)."""
+    if keep is None:
+        return filter_norms(weight)
+    w = weight.detach()
+    taps = w.flatten(2) if w.dim() > 2 else w.unsqueeze(2)
+    squares = torch.linalg.vector_norm(taps, dim=2, dtype=FUSE_DTYPE).square()
+    total = prune_inputs(squares, groups, keep, None, blocks).sum(dim=1)
+    if constants is not None:
+        carrier = carrier_kernels(w, groups, keep, constants, blocks)
+        total = total + carrier.flatten(1).square().sum(dim=1)
+    return total.sqrt()
 
 
 def fold_into_bias(

@@ -11,9 +11,12 @@ from torch.nn import functional as F
 
 from repvgg_lab.reparam import BNStats, repvgg_kernel_bias
 from repvgg_lab.reparam.prune import (
+    carrier_kernels,
     constant_outputs,
+    effective_norms,
     filter_norms,
     fold_into_bias,
+    input_norms,
     legal_keep,
     prune_inputs,
     prune_outputs,
@@ -155,6 +158,34 @@ def test_carrier_fold_is_exact_at_every_pixel(groups, blocks, stride, size):
     x_new = torch.cat([x_kept, ones], dim=2).flatten(1, 2)
     out = F.conv2d(x_new, new_w, bias, stride=stride, padding=1, groups=groups)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups,blocks", [(1, 1), (1, 4), (2, 2), (4, 4)])
+def test_effective_norms_match_the_built_weight(groups, blocks):
+    weight = torch.randn(8, 16 // groups, 3, 3)
+    per_block = 16 // blocks
+    keep = torch.tensor([c for c in range(16) if c % per_block not in (0, 3)])
+    a = torch.randn(16, dtype=F64)
+    for constants in (None, a):
+        built = filter_norms(prune_inputs(weight, groups, keep, constants, blocks))
+        fast = effective_norms(weight, groups, keep, constants, blocks)
+        torch.testing.assert_close(fast, built, rtol=1e-6, atol=0)
+    # A filter that only reads removed channels is zero once they are gone (with no carrier).
+    weight[0] = 0
+    weight[0, 0] = 1.0
+    assert effective_norms(weight, groups, keep, None, blocks)[0] == 0
+    assert effective_norms(weight, groups, keep, a, blocks)[0] > 0  # unless they were constant
+    full = torch.arange(16)
+    assert bool((carrier_kernels(weight, groups, full, a, blocks) == 0).all())
+
+
+def test_input_norms_measure_how_a_consumer_reads_each_channel():
+    conv = torch.randn(6, 2, 3, 3)  # groups=2: outputs 0-2 read inputs 0-1, 3-5 read 2-3
+    conv[:3, 1] = 0
+    norms = input_norms(conv, groups=2)
+    assert norms.shape == (4,) and norms[1] == 0
+    torch.testing.assert_close(norms[2], conv[3:, 0].double().norm())
+    assert input_norms(torch.randn(5, 7)).shape == (7,)
 
 
 def test_selection_without_constants_is_a_plain_column_slice():
