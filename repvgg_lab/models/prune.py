@@ -150,6 +150,13 @@ def _check_prunable(net: nn.Module) -> list[PlainLayer]:
     return layers
 
 
+def _bounds(layer: PlainLayer) -> tuple[Tensor, Tensor]:
+    """The layer's per-channel clamp bounds, float64, on its device."""
+    weight = layer.conv.weight
+    lower, upper = activation_bounds(layer.act, weight.shape[0])
+    return lower.to(weight.device), upper.to(weight.device)
+
+
 def _fold_kind(n_constant: int, consumer: nn.Conv2d | None) -> str | None:
     """Where removed constant channels go: nowhere, the head's bias, a carrier, or a bias."""
     if not n_constant:
@@ -283,7 +290,7 @@ def _plan(
             min_keep=options["min_channels"],
             multiple=options["multiple"],
         )
-        constants = constant_outputs(bias, *activation_bounds(layer.act, conv.out_channels))
+        constants = constant_outputs(bias, *_bounds(layer))
         removed = torch.ones_like(constants, dtype=torch.bool)
         removed[keep] = False
         fold = _fold_kind(
@@ -302,7 +309,7 @@ def _apply(net: PlainNet, layers: list[PlainLayer], plans: list[_LayerPlan]) -> 
         weight = conv.weight.detach()
         if prev is not None:
             weight = prune_inputs(weight, conv.groups, prev.keep, prev.carried, prev.blocks)
-        lower, upper = activation_bounds(layer.act, conv.out_channels)
+        lower, upper = _bounds(layer)
         parts = prune_outputs(
             weight, plan.bias, lower, upper, plan.keep, plan.blocks, plan.fold == "carrier"
         )

@@ -11,7 +11,8 @@ it replaces, so the result is exact at every pixel. Where the consumer reads no 
 
 Grouped convs: a layer's channels are split into `blocks` equal contiguous blocks (the lcm of the
 producer's and the consumer's groups) and every block keeps as many channels as the others, and
-gets its own carrier, so both convs keep their group count. Float64 throughout; callers round once.
+gets its own carrier, so both convs keep their group count. Selections are plain copies; every
+folded value (carrier slices, bias folds) is summed in float64 and rounded once.
 """
 
 from __future__ import annotations

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from repvgg_lab.models import count_macs, count_params, create_model, reparameterize
+from repvgg_lab.models import (
+    RepVGGBlock,
+    count_macs,
+    count_params,
+    create_model,
+    reparameterize,
+)
 from repvgg_lab.models.init import randomize_bn
 from repvgg_lab.models.plain import PlainNet, activation_bounds
 from repvgg_lab.models.prune import (
@@ -356,6 +362,16 @@ def test_bad_options_and_models_get_clear_errors():
         as_plain_net(nn.Linear(2, 2))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pruning_stays_on_the_model_device():
+    net = _test_net().double().cuda()
+    pruned, summary = prune_plain(net, threshold=0.0)
+    assert pruned.features[5].act.lower.is_cuda and pruned.head.fc.weight.is_cuda
+    x = torch.randn(2, 3, 33, 33, dtype=torch.float64, device="cuda")
+    _assert_equivalent(net, pruned, summary, x, rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------- RepVGG
 
 
@@ -456,6 +472,20 @@ def test_unit_gates_change_nothing_and_zero_gates_make_dead_channels():
         num_classes=10, deploy=True
     )
     deploy.load_state_dict(reparameterize(model).state_dict(), strict=True)
+
+
+def test_gated_block_reparameterizes_in_place():
+    block = randomize_bn(RepVGGBlock(8, 8, gate=True)).double().eval()
+    with torch.no_grad():
+        block.gate.uniform_(-1, 1)
+        block.gate[3] = 0.0
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        ref = block(x)
+        block.reparameterize()
+        assert block.gate is None and "gate" not in dict(block.named_parameters())
+        assert _rel(ref, block(x)) < 1e-13
+    assert bool((block.reparam_conv.weight[3] == 0).all()) and block.reparam_conv.bias[3] == 0
 
 
 def test_sparsity_penalty_is_the_l1_norm_of_the_gates():
