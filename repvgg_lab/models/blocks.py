@@ -79,7 +79,9 @@ def new_conv(
 class RepVGGBlock(nn.Module):
     """act(attn(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x))) for training; act(attn(conv3x3(x) + b))
     after re-parameterization (`deploy=True`). The identity BN exists only when in == out and
-    stride == 1."""
+    stride == 1. With `gate=True` a learnable per-channel factor (`gate`, initialised to 1)
+    multiplies the branch sum before attn/act; it folds into the fused kernel *and* bias, so a
+    gate of exactly 0 makes the channel dead (act(0) = 0) in the plain net."""
 
     def __init__(
         self,
@@ -90,6 +92,7 @@ class RepVGGBlock(nn.Module):
         *,
         se: bool = False,
         deploy: bool = False,
+        gate: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -104,6 +107,8 @@ class RepVGGBlock(nn.Module):
             self.conv_1x1 = ConvBN(in_channels, out_channels, 1, stride, groups)
             has_identity = in_channels == out_channels and stride == 1
             self.identity = nn.BatchNorm2d(out_channels) if has_identity else None
+        # The deploy form has the gate folded into reparam_conv already, so it has no parameter.
+        self.gate = nn.Parameter(torch.ones(out_channels)) if gate and not deploy else None
         self.attn = SqueezeExcite(out_channels) if se else nn.Identity()
         self.act = nn.ReLU()
 
@@ -114,6 +119,8 @@ class RepVGGBlock(nn.Module):
             y = self.conv_kxk(x) + self.conv_1x1(x)
             if self.identity is not None:
                 y = y + self.identity(x)
+            if self.gate is not None:
+                y = y * self.gate.view(1, -1, 1, 1)
         return self.act(self.attn(y))
 
     def get_equivalent_kernel_bias(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
@@ -130,6 +137,7 @@ class RepVGGBlock(nn.Module):
             BNStats.of(self.conv_1x1.bn),
             BNStats.of(self.identity) if self.identity is not None else None,
             dtype=dtype,
+            scale=self.gate,
         )
 
     def _fused_conv(self) -> nn.Conv2d:
@@ -151,6 +159,7 @@ class RepVGGBlock(nn.Module):
                 BNStats.of(self.conv_1x1.bn),
                 BNStats.of(self.identity) if self.identity is not None else None,
                 out=(conv.weight, conv.bias),
+                scale=self.gate,
             )
         return conv
 
@@ -163,6 +172,7 @@ class RepVGGBlock(nn.Module):
         plain.in_channels, plain.out_channels = self.in_channels, self.out_channels
         plain.stride, plain.groups, plain.deploy = self.stride, self.groups, True
         plain.reparam_conv = self._fused_conv()
+        plain.gate = None
         plain.attn = copy.deepcopy(self.attn)
         plain.act = copy.deepcopy(self.act)
         plain.train(self.training)
@@ -173,7 +183,8 @@ class RepVGGBlock(nn.Module):
         if self.deploy:
             return
         self.reparam_conv = self._fused_conv()
-        del self.conv_kxk, self.conv_1x1, self.identity
+        del self.conv_kxk, self.conv_1x1, self.identity, self.gate
+        self.gate = None
         self.deploy = True
 
     switch_to_deploy = reparameterize
@@ -182,4 +193,5 @@ class RepVGGBlock(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
             f"groups={self.groups}, deploy={self.deploy}"
+            + (", gate=True" if self.gate is not None else "")
         )

@@ -13,12 +13,14 @@ BASE_WIDTHS = (64, 128, 256, 512)
 
 @dataclass(frozen=True)
 class RepVGGConfig:
-    """Stage depths, width multipliers (a, a, a, b), groups on odd blocks of each stage, SE."""
+    """Stage depths, width multipliers (a, a, a, b), groups on odd blocks of each stage, SE, and
+    per-channel gates for sparsity training (see `RepVGGBlock`)."""
 
     depths: tuple[int, int, int, int]
     widths: tuple[float, float, float, float]
     groups: int = 1
     se: bool = False
+    gate: bool = False
 
     def build(self, num_classes: int = 1000, deploy: bool = False, in_channels: int = 3) -> RepVGG:
         return RepVGG(self, num_classes=num_classes, deploy=deploy, in_channels=in_channels)
@@ -49,7 +51,9 @@ class RepVGG(nn.Module):
         super().__init__()
         self.config = config
         stem_width = min(64, int(64 * config.widths[0]))
-        self.stem = RepVGGBlock(in_channels, stem_width, stride=2, se=config.se, deploy=deploy)
+        self.stem = RepVGGBlock(
+            in_channels, stem_width, stride=2, se=config.se, deploy=deploy, gate=config.gate
+        )
         stages, width = [], stem_width
         for depth, base, mult in zip(config.depths, BASE_WIDTHS, config.widths, strict=True):
             out_width = int(base * mult)
@@ -65,6 +69,7 @@ class RepVGG(nn.Module):
                         groups=groups,
                         se=config.se,
                         deploy=deploy,
+                        gate=config.gate,
                     )
                 )
                 width = out_width

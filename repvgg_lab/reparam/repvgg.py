@@ -21,11 +21,14 @@ def repvgg_kernel_bias(
     *,
     dtype: torch.dtype | None = None,
     out: tuple[Tensor, Tensor] | None = None,
+    scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Equivalent (kernel, bias) of BN(conv_kxk(x)) + BN(conv_1x1(x)) + BN(x).
+    """Equivalent (kernel, bias) of BN(conv_kxk(x)) + BN(conv_1x1(x)) + BN(x), times `scale`.
 
     Works for any `groups` (read from the kernel shapes), computes in float64 and rounds once to
     `dtype` (default: the dtype of `k3`). `out` receives the result in place when given.
+    `scale` (one value per output channel, e.g. a learnable gate on the branch sum) multiplies
+    both kernel and bias, so a zero scale gives an exactly zero filter *and* bias.
     Differentiable when called with grad enabled.
     """
     dtype = dtype or k3.dtype
@@ -47,13 +50,19 @@ def repvgg_kernel_bias(
         rows = torch.arange(out_channels, device=k3.device)
         centre = centre.index_put((rows, rows % per_group), scale_id, accumulate=True)
         bias = bias + shift_id
+    tap_scale = scale3
+    if scale is not None:
+        if scale.shape != (out_channels,):
+            raise ValueError(f"scale {tuple(scale.shape)} does not match {out_channels} channels")
+        s = scale.to(FUSE_DTYPE)
+        tap_scale, centre, bias = scale3 * s, centre * s[:, None], bias * s
 
     kernel = out[0] if out is not None else k3.new_empty(k3.shape, dtype=dtype)
     step = max(1, _CHUNK_ELEMENTS // max(1, k3[0].numel()))
     for start in range(0, out_channels, step):
         rows = slice(start, start + step)
         block = k3[rows].to(FUSE_DTYPE, copy=True)
-        block.mul_(scale3[rows].view(-1, 1, 1, 1))
+        block.mul_(tap_scale[rows].view(-1, 1, 1, 1))
         block[:, :, c, c] = centre[rows]
         kernel[rows] = block
     if out is not None:
