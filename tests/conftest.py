@@ -20,6 +20,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def _seed() -> None:
     torch.manual_seed(0)
 
+
 # Every CIFAR image encodes its label: R = 10 * label, G = 100, B = 200 (channel order check).
 G_VALUE, B_VALUE = 100, 200
 

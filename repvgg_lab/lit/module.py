@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from repvgg_lab.models import create_model
+from repvgg_lab.models.prune import sparsity_penalty
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +135,10 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
         if self.hparams.sparsity > 0:
-            loss = loss + self.hparams.sparsity * self.sparsity_penalty()
+            penalty = sparsity_penalty(self.net)
+            self.log(f"{self.prefix}train/sparsity_penalty", penalty, on_step=True)
+            loss = loss + self.hparams.sparsity * penalty
         return loss
-
-    def sparsity_penalty(self) -> Tensor:
-        """L1 norm of the per-channel gates (the pruning knob); zero when the net has none."""
-        gates = [p for n, p in self.net.named_parameters() if n.endswith("gate")]
-        if not gates:
-            return torch.zeros((), device=self.device)
-        return torch.stack([g.abs().sum() for g in gates]).sum()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

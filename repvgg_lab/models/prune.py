@@ -539,3 +539,34 @@ def prune_summary(
         "prune/macs_before": count_macs(before, input_size, in_channels),
         "prune/macs_after": count_macs(after, input_size, in_channels),
     }
+
+
+def prune_net(
+    model: nn.Module,
+    input_size: int | tuple[int, int],
+    *,
+    threshold: float | None = None,
+    ratio: float | None = None,
+    macs_reduction: float | None = None,
+    **options: Any,
+) -> tuple[PlainNet, dict[str, Any]]:
+    """Prune a plain-convertible `model` by exactly one criterion: a score `threshold`, a
+    `ratio` of channels, or a `macs_reduction` target; returns (pruned PlainNet, summary with
+    the `prune/*` counts)."""
+    chosen = [
+        k
+        for k, v in (("threshold", threshold), ("ratio", ratio), ("macs_reduction", macs_reduction))
+        if v is not None
+    ]
+    if len(chosen) != 1:
+        raise PruningError(
+            "give exactly one of prune.threshold, prune.ratio or prune.macs_reduction"
+            + (f" (got {', '.join(chosen)})" if chosen else "")
+        )
+    net = as_plain_net(model)
+    if macs_reduction is not None:
+        pruned, info = prune_to_macs(net, macs_reduction, input_size, **options)
+    else:
+        pruned, info = prune_plain(net, threshold=threshold, ratio=ratio, **options)
+    info.update(prune_summary(net, pruned, input_size))
+    return pruned, info

@@ -13,8 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.callbacks import Reparameterize
+from repvgg_lab.lit.evaluate import evaluate
 from repvgg_lab.lit.module import ClassifierModule
 from repvgg_lab.models.checkpoints import save_weights
+from repvgg_lab.models.prune import prune_net
 from repvgg_lab.pipeline.common import UserError, user_errors
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,59 @@ def _finetune(cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module) ->
     return metrics
 
 
+def pruning_requested(prune: DictConfig | None) -> bool:
+    """True when the prune node asks for pruning (enabled, or a criterion set by hand)."""
+    if not prune:
+        return False
+    return bool(prune.get("enabled")) or any(
+        prune.get(k) is not None for k in ("threshold", "ratio", "macs_reduction")
+    )
+
+
+def prune_options(prune: DictConfig) -> dict[str, Any]:
+    """The prune node as keyword arguments of `prune_net`."""
+    keys = ("threshold", "ratio", "macs_reduction", "scope", "score", "normalize")
+    options = {k: prune.get(k) for k in keys if prune.get(k) is not None}
+    options.update(min_channels=int(prune.min_channels), multiple=int(prune.multiple))
+    return options
+
+
+def _prune(
+    cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module
+) -> tuple[torch.nn.Module, dict[str, float]]:
+    """Prune the plain net, evaluate it before fine-tuning and save it with its shape spec."""
+    dm, module = parts["datamodule"], parts["module"]
+    pruned, info = prune_net(plain, dm.img_size, **prune_options(cfg.prune))
+    metrics = {k: float(v) for k, v in info.items() if k.startswith("prune/")}
+    metrics["prune/exact"] = float(bool(info.get("exact", False)))
+    for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+        metrics[f"prune/{stage}/acc"] = evaluate(pruned, loader, module.device)["acc"]
+    _log(parts["loggers"], metrics)
+    if parts["trainer"].is_global_zero:
+        hp = module.hparams
+        meta = {
+            "model_name": hp.model_name,
+            "num_classes": hp.num_classes,
+            "deploy": True,
+            "plain_spec": pruned.spec(),
+        }
+        save_weights(pruned, Path(cfg.output_dir) / "pruned.safetensors", meta)
+    log.info(
+        "pruned: MACs %d -> %d, params %d -> %d, test acc %.4f before fine-tuning",
+        info["prune/macs_before"],
+        info["prune/macs_after"],
+        info["prune/params_before"],
+        info["prune/params_after"],
+        metrics["prune/test/acc"],
+    )
+    return pruned, metrics
+
+
+def _log(loggers: list[Any], metrics: dict[str, float]) -> None:
+    for logger in loggers:
+        logger.log_metrics(metrics)
+
+
 def _finish_loggers(loggers: list[Any], metrics: dict[str, float]) -> None:
     """Put every final metric in the experiment summary and close W&B runs (needed in
     multiruns, where the next job would otherwise log into the same run)."""
@@ -120,10 +175,14 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("test", True):
             metrics.update(_scalars(trainer.test(module, datamodule=dm)[0]))
         reparam = next((c for c in parts["callbacks"] if isinstance(c, Reparameterize)), None)
-        if reparam is not None:
+        if reparam is not None and reparam.plain_net is not None:
             metrics.update(reparam.metrics)
-            if cfg.finetune.epochs > 0 and reparam.plain_net is not None:
-                metrics.update(_finetune(cfg, parts, reparam.plain_net))
+            plain = reparam.plain_net
+            if pruning_requested(cfg.get("prune")):
+                plain, prune_metrics = _prune(cfg, parts, plain)
+                metrics.update(prune_metrics)
+            if cfg.finetune.epochs > 0:
+                metrics.update(_finetune(cfg, parts, plain))
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", metrics)
             log.info("metrics written to %s", output_dir / "metrics.json")
