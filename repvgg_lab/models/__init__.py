@@ -6,6 +6,7 @@ from repvgg_lab.models.checkpoints import (
     CheckpointError,
     load_pretrained,
     read_checkpoint,
+    save_weights,
 )
 from repvgg_lab.models.convert import reparameterize
 from repvgg_lab.models.cost import count_macs, count_params
@@ -30,4 +31,5 @@ __all__ = [
     "measure_drift",
     "read_checkpoint",
     "reparameterize",
+    "save_weights",
 ]

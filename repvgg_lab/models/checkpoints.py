@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from repvgg_lab.errors import InputError
+from repvgg_lab.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,7 @@ def _load_file(path: Path) -> Any:
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+        return _load_safetensors(path)
     try:
         # weights_only: a restricted unpickler that builds tensors and plain containers only,
         # so a checkpoint can never execute code on load.
@@ -81,6 +78,39 @@ def _load_file(path: Path) -> Any:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+
+
+_META_KEY = "repvgg_lab"
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    """A safetensors file as {"state_dict": ..., "hyper_parameters": <our metadata>}."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types
+        msg = " ".join(str(err).split())
+        raise CheckpointError(f"{path}: not a readable safetensors file ({msg})") from None
+    try:
+        hparams = json.loads(meta.get(_META_KEY, "{}"))
+    except json.JSONDecodeError:
+        hparams = {}
+    return {"state_dict": state, "hyper_parameters": hparams if isinstance(hparams, dict) else {}}
+
+
+def save_weights(
+    model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write the state dict as safetensors (atomically), with `metadata` stored as JSON so
+    `read_checkpoint` can tell what net the file holds."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {_META_KEY: json.dumps(_plain(metadata or {}), sort_keys=True)}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def _plain(obj: Any) -> Any:
@@ -102,7 +132,9 @@ def read_checkpoint(path_or_state: str | Path | dict[str, Any]) -> Checkpoint:
     source = "state_dict"
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         hparams = _plain(obj.get("hyper_parameters") or {})
-        source = "lightning" if "pytorch-lightning_version" in obj or hparams else "wrapped"
+        source = "lightning" if "pytorch-lightning_version" in obj else "wrapped"
+        if hparams and source == "wrapped":
+            source = "repvgg_lab"
         obj = obj["state_dict"]
     elif "model" in obj and isinstance(obj["model"], dict):
         obj, source = obj["model"], "wrapped"

@@ -1,0 +1,169 @@
+"""Shared datamodule machinery: split views, seeded stratified splits, loaders, fixed batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class TransformSubset(Dataset):
+    """A view of `base` restricted to `indices` (all when None), with its own sample transform."""
+
+    def __init__(
+        self,
+        base: Dataset,
+        indices: Sequence[int] | None = None,
+        transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.base = base
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base) if self.indices is None else len(self.indices)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        x, y = self.base[i if self.indices is None else int(self.indices[i])]
+        return (x if self.transform is None else self.transform(x)), int(y)
+
+
+def stratified_split(
+    labels: Sequence[int] | np.ndarray, fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
+    """Split indices per class into len(fractions) parts plus the remainder (last), seeded by
+    `seed` alone (numpy, so torch's global seed never moves it); each part comes back sorted."""
+    labels = np.asarray(labels)
+    if any(f < 0 for f in fractions) or sum(fractions) >= 1:
+        raise ValueError(f"split fractions {tuple(fractions)} must be >= 0 and sum to less than 1")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        start = 0
+        for k, f in enumerate(fractions):
+            n = int(round(f * len(idx)))
+            parts[k].append(idx[start : start + n])
+            start += n
+        parts[-1].append(idx[start:])
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+@dataclass
+class Splits:
+    """Datasets of one datamodule; `train_eval` is the training split with eval transforms."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    train_eval: Dataset
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Base class: subclasses build their `Splits` once; this class owns loaders and fixed batches.
+
+    `batch_size` is the global batch; each rank gets batch_size / world_size.
+    """
+
+    num_classes: int
+    in_channels: int
+    img_size: int
+
+    def __init__(self, batch_size: int, num_workers: int) -> None:
+        super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"batch_size={batch_size} must be >= 1, num_workers={num_workers} >= 0"
+            )
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self._splits: Splits | None = None
+
+    def _build_splits(self) -> Splits:
+        """Read the data and return the split datasets (called once)."""
+        raise NotImplementedError
+
+    @property
+    def splits(self) -> Splits:
+        """The split datasets, built on first use (so `fixed_batch` works without a Trainer)."""
+        if self._splits is None:
+            self._splits = self._build_splits()
+            log.info(
+                "%s: train %d, val %d, test %d samples",
+                type(self).__name__,
+                len(self._splits.train),  # type: ignore[arg-type]
+                len(self._splits.val),  # type: ignore[arg-type]
+                len(self._splits.test),  # type: ignore[arg-type]
+            )
+        return self._splits
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits once; later stages reuse them."""
+        _ = self.splits
+
+    @property
+    def per_rank_batch_size(self) -> int:
+        """The global batch divided over the trainer's ranks (the whole batch without a trainer)."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not divisible by world_size={world}; "
+                "batch_size is the global batch"
+            )
+        return self.batch_size // world
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        """One loader recipe for every split: train shuffles and drops the ragged last batch."""
+        batch = self.per_rank_batch_size
+        # Dropping the last batch of a dataset smaller than one batch would leave no batch at all.
+        drop_last = train and len(dataset) >= batch  # type: ignore[arg-type]
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=train,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches."""
+        return self._loader(self.splits.train, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in a fixed order."""
+        return self._loader(self.splits.val, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in a fixed order."""
+        return self._loader(self.splits.test, train=False)
+
+    def fixed_batch(self, split: str = "val", size: int = 64) -> tuple[Tensor, Tensor]:
+        """The same `size` eval-transformed samples of `split` on every call: evenly spaced
+        indices, so class-sorted folders still give a batch that spans the classes."""
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+        splits = self.splits
+        dataset = splits.train_eval if split == "train" else getattr(splits, split)
+        n = len(dataset)
+        if n == 0:
+            raise ValueError(f"split={split!r} is empty")
+        if size > n:
+            log.warning("fixed_batch: %s has %d samples, fewer than size=%d", split, n, size)
+        picks = np.unique(np.linspace(0, n - 1, num=min(size, n)).round().astype(np.int64))
+        samples = [dataset[int(i)] for i in picks]
+        x = torch.stack([s[0] for s in samples])
+        y = torch.tensor([int(s[1]) for s in samples], dtype=torch.long)
+        return x, y

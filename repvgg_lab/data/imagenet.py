@@ -1,0 +1,113 @@
+"""ImageNet-style ImageFolder trees (root/train, root/val, optional root/test), timm transforms."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+
+from timm.data import create_transform
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import find_classes
+
+from repvgg_lab.data.base import ImageDataModule, Splits, TransformSubset
+from repvgg_lab.data.errors import DataRootError
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "root/train/<class>/*.jpg and root/val/<class>/*.jpg (optional root/test/<class>/*.jpg)"
+
+
+class ImageNetDataModule(ImageDataModule):
+    """Any ImageFolder tree laid out like ImageNet; `num_classes` is the number of class folders
+    in root/train. Training uses timm's random-resized-crop pipeline, evaluation resizes to
+    img_size / crop_pct and centre-crops img_size. The test split is root/test when it exists,
+    else root/val."""
+
+    in_channels = 3
+
+    def __init__(
+        self,
+        root: str | Path,
+        img_size: int = 224,
+        batch_size: int = 256,
+        num_workers: int = 8,
+        crop_pct: float = 0.875,
+        interpolation: str = "bilinear",
+        color_jitter: float = 0.4,
+        auto_augment: str | None = None,
+        mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
+        std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct={crop_pct} must be in (0, 1]")
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.img_size = img_size
+        self.crop_pct = crop_pct
+        self.interpolation = interpolation
+        self.color_jitter = color_jitter
+        self.auto_augment = auto_augment
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def _error(self, problem: str) -> DataRootError:
+        """The one-line error naming the layout this module expects."""
+        return DataRootError(f"data.root={self.root}: expected {LAYOUT}; {problem}")
+
+    @cached_property
+    def classes(self) -> list[str]:
+        """Class folder names of root/train, sorted (their order gives the label indices)."""
+        for split in ("train", "val"):
+            if not (self.root / split).is_dir():
+                raise self._error(f"{self.root / split} is not a directory")
+        try:
+            return find_classes(self.root / "train")[0]
+        except FileNotFoundError as err:
+            raise self._error(f"no class folders in {self.root / 'train'}") from err
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        """How many class folders root/train holds (read without loading any image)."""
+        return len(self.classes)
+
+    def _folder(self, split: str) -> ImageFolder:
+        """One split's ImageFolder (no transform), checked to use root/train's classes."""
+        path = self.root / split
+        try:
+            folder = ImageFolder(str(path))
+        except FileNotFoundError as err:  # no class folders, or a class folder with no images
+            raise self._error(f"{path}: {err}") from err
+        if folder.classes != self.classes:
+            missing = sorted(set(self.classes) - set(folder.classes))
+            extra = sorted(set(folder.classes) - set(self.classes))
+            raise self._error(
+                f"{path} has other classes than root/train (missing {missing}, extra {extra})"
+            )
+        return folder
+
+    def _transform(self, train: bool):  # noqa: ANN202 (timm returns a torchvision Compose)
+        """timm's training augmentation, or its resize + centre-crop evaluation pipeline."""
+        return create_transform(
+            input_size=self.img_size,
+            is_training=train,
+            crop_pct=self.crop_pct,
+            interpolation=self.interpolation,
+            color_jitter=self.color_jitter,
+            auto_augment=self.auto_augment,
+            mean=self.mean,
+            std=self.std,
+        )
+
+    def _build_splits(self) -> Splits:
+        """Scan the folders once; the training folder serves both train and train_eval."""
+        train, val = self._folder("train"), self._folder("val")
+        test = self._folder("test") if (self.root / "test").is_dir() else val
+        train_tf, eval_tf = self._transform(train=True), self._transform(train=False)
+        return Splits(
+            train=TransformSubset(train, None, train_tf),
+            val=TransformSubset(val, None, eval_tf),
+            test=TransformSubset(test, None, eval_tf),
+            train_eval=TransformSubset(train, None, eval_tf),
+        )

@@ -1,0 +1,134 @@
+"""Re-parameterize at the end of fit: convert, measure drift, evaluate and save the plain net."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from repvgg_lab.fileio import write_json
+from repvgg_lab.lit.evaluate import evaluate
+from repvgg_lab.models import count_macs, count_params, measure_drift, reparameterize
+from repvgg_lab.models.checkpoints import save_weights
+
+log = logging.getLogger(__name__)
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r} (use float32, bfloat16, float16 or float64)")
+    return dtype
+
+
+class Reparameterize(pl.Callback):
+    """At fit end (rank 0): convert the multi-branch net to its plain form, measure drift on a
+    fixed validation batch against float64, evaluate the plain net on val and test
+    (`deploy/*`), and save its weights as `plain.safetensors` in `output_dir`.
+
+    `drift_dtypes` beyond the first are logged as `drift/<dtype>/...`; with `at_init` the drift of
+    the untrained net is logged as `drift/init/...` too. Results stay in `self.metrics` and
+    `self.plain_net` for the pipeline (fine-tuning, pruning, metrics.json)."""
+
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        drift_batch_size: int = 64,
+        drift_dtypes: tuple[str, ...] = ("float32",),
+        at_init: bool = False,
+        evaluate_plain: bool = True,
+        save: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.drift_batch_size = drift_batch_size
+        self.drift_dtypes = [_dtype(d) for d in drift_dtypes]
+        self.at_init = at_init
+        self.evaluate_plain = evaluate_plain
+        self.save = save
+        self.metrics: dict[str, float] = {}
+        self.blocks: dict[str, Any] = {}
+        self.plain_net: nn.Module | None = None
+
+    def _batch(self, trainer: pl.Trainer) -> torch.Tensor:
+        return trainer.datamodule.fixed_batch("val", self.drift_batch_size)[0]
+
+    def _drift(
+        self, net: nn.Module, inputs: torch.Tensor, tag: str
+    ) -> tuple[dict[str, float], nn.Module]:
+        """Drift metrics in every configured dtype; returns them and the plain net (first dtype)."""
+        metrics: dict[str, float] = {}
+        first_plain: nn.Module | None = None
+        for i, dtype in enumerate(self.drift_dtypes):
+            # .to() is in place on modules: cast a copy so the trained net keeps its dtype.
+            source = net if next(net.parameters()).dtype == dtype else copy.deepcopy(net).to(dtype)
+            plain = reparameterize(source)
+            report = measure_drift(source, plain, inputs)
+            parts = ["drift", tag, "" if i == 0 else str(dtype).removeprefix("torch.")]
+            prefix = "/".join(p for p in parts if p)
+            metrics.update(report.metrics(prefix=prefix + "/"))
+            self.blocks[prefix] = report.blocks
+            first_plain = first_plain or plain
+        assert first_plain is not None
+        return metrics, first_plain
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_init and trainer.is_global_zero:
+            metrics, _ = self._drift(pl_module.net, self._batch(trainer), "init")
+            self.metrics.update(metrics)
+            _log_metrics(trainer, metrics)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        net = pl_module.net
+        inputs = self._batch(trainer)
+        metrics, plain = self._drift(net, inputs, "")
+        metrics.update(
+            {
+                "params/train": count_params(net),
+                "params/deploy": count_params(plain),
+                "macs/deploy": count_macs(plain, inputs.shape[-1], inputs.shape[1]),
+            }
+        )
+        if self.evaluate_plain:
+            dm = trainer.datamodule
+            for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+                result = evaluate(plain, loader, pl_module.device)
+                metrics[f"deploy/{stage}/acc"] = result["acc"]
+                metrics[f"deploy/{stage}/loss"] = result["loss"]
+        self.plain_net = plain
+        self.metrics.update(metrics)
+        _log_metrics(trainer, metrics)
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.output_dir / "drift_blocks.json", self.blocks)
+            if self.save:
+                save_weights(plain, self.output_dir / "plain.safetensors", _describe(pl_module))
+        log.info(
+            "re-parameterized: drift vs fp64 %.2e (multi-branch %.2e), top-1 agreement %.4f",
+            metrics["drift/vs_fp64/deploy_rel_max"],
+            metrics["drift/vs_fp64/train_rel_max"],
+            metrics["drift/top1_agree"],
+        )
+
+
+def _describe(pl_module: pl.LightningModule) -> dict[str, Any]:
+    hp = pl_module.hparams
+    return {
+        "model_name": hp.get("model_name"),
+        "num_classes": hp.get("num_classes"),
+        "in_channels": hp.get("in_channels"),
+        "input_size": hp.get("input_size"),
+        "model_kwargs": dict(hp.get("model_kwargs") or {}),
+        "deploy": True,
+    }
+
+
+def _log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)

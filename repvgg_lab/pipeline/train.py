@@ -1,0 +1,138 @@
+"""`python train.py`: fit the multi-branch net, re-parameterize, evaluate, fine-tune, record."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from repvgg_lab.fileio import write_json
+from repvgg_lab.lit.callbacks import Reparameterize
+from repvgg_lab.lit.module import ClassifierModule
+from repvgg_lab.models.checkpoints import save_weights
+from repvgg_lab.pipeline.common import UserError, user_errors
+
+log = logging.getLogger(__name__)
+
+if not OmegaConf.has_resolver("if_cuda"):
+    # ${if_cuda:a,b} -> a on a machine with a CUDA GPU, b otherwise (trainer defaults).
+    OmegaConf.register_new_resolver("if_cuda", lambda a, b: a if torch.cuda.is_available() else b)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate datamodule, LightningModule, callbacks, loggers and trainer from `cfg`."""
+    datamodule = instantiate(cfg.data)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    channels_last = bool(trainer_cfg.pop("channels_last", False))
+    module = instantiate(
+        cfg.model,
+        num_classes=datamodule.num_classes,
+        in_channels=datamodule.in_channels,
+        input_size=datamodule.img_size,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler),
+        init=instantiate(cfg.init),
+        channels_last=channels_last,
+    )
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    return {
+        "datamodule": datamodule,
+        "module": module,
+        "callbacks": callbacks,
+        "loggers": loggers,
+        "trainer": trainer,
+        "trainer_cfg": trainer_cfg,
+    }
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in metrics.items() if torch.is_tensor(v) or isinstance(v, int | float)
+    }
+
+
+def _finetune(cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module) -> dict[str, float]:
+    """Fine-tune the plain net for `finetune.epochs`; returns `finetune/*` metrics."""
+    hp = parts["module"].hparams
+    optimizer = instantiate(cfg.optimizer, lr=cfg.finetune.lr)
+    module = ClassifierModule(
+        model_name=hp.model_name,
+        num_classes=hp.num_classes,
+        in_channels=hp.in_channels,
+        input_size=hp.input_size,
+        model_kwargs=dict(hp.model_kwargs or {}),
+        optimizer=optimizer,
+        scheduler=instantiate(cfg.scheduler),
+        lr_batch_reference=hp.lr_batch_reference,
+        channels_last=hp.channels_last,
+        metric_prefix="finetune",
+        net=plain,
+    )
+    trainer_cfg = {k: v for k, v in parts["trainer_cfg"].items() if k != "fast_dev_run"}
+    trainer_cfg.update(max_epochs=int(cfg.finetune.epochs), enable_checkpointing=False)
+    bars = [c for c in parts["callbacks"] if isinstance(c, pl.callbacks.ProgressBar)]
+    trainer = instantiate(trainer_cfg, callbacks=bars, logger=parts["loggers"] or False)
+    trainer.fit(module, datamodule=parts["datamodule"])
+    metrics = _scalars(trainer.callback_metrics)
+    metrics.update(_scalars(trainer.test(module, datamodule=parts["datamodule"])[0]))
+    if trainer.is_global_zero:
+        save_weights(module.net, Path(cfg.output_dir) / "plain_finetuned.safetensors")
+    return metrics
+
+
+def _finish_loggers(loggers: list[Any], metrics: dict[str, float]) -> None:
+    """Put every final metric in the experiment summary and close W&B runs (needed in
+    multiruns, where the next job would otherwise log into the same run)."""
+    for logger in loggers:
+        experiment = getattr(logger, "experiment", None)
+        summary = getattr(experiment, "summary", None)
+        if summary is not None and hasattr(summary, "update"):
+            summary.update(metrics)
+        if callable(getattr(experiment, "finish", None)):
+            experiment.finish()
+
+
+def _run(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    output_dir = Path(cfg.output_dir)
+    parts = build(cfg)
+    trainer, module, dm = parts["trainer"], parts["module"], parts["datamodule"]
+    metrics: dict[str, float] = {}
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_scalars(trainer.callback_metrics))
+        if cfg.get("test", True):
+            metrics.update(_scalars(trainer.test(module, datamodule=dm)[0]))
+        reparam = next((c for c in parts["callbacks"] if isinstance(c, Reparameterize)), None)
+        if reparam is not None:
+            metrics.update(reparam.metrics)
+            if cfg.finetune.epochs > 0 and reparam.plain_net is not None:
+                metrics.update(_finetune(cfg, parts, reparam.plain_net))
+        if trainer.is_global_zero:
+            write_json(output_dir / "metrics.json", metrics)
+            log.info("metrics written to %s", output_dir / "metrics.json")
+    finally:
+        _finish_loggers(parts["loggers"], metrics)
+    return metrics
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job described by `cfg`; returns the final metrics."""
+    with user_errors():
+        return _run(cfg)
