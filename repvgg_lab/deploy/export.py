@@ -11,7 +11,6 @@ from pathlib import Path
 
 import onnx
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from repvgg_lab.deploy.errors import DeployError
@@ -44,22 +43,27 @@ PLAIN_OPS = frozenset(
 )
 
 
-def _inline_shared_initializers(proto: onnx.ModelProto) -> None:
-    """Replace `Identity(initializer)` nodes by initializers of their own.
-
-    The TorchScript-based exporter de-duplicates equal weights (e.g. all-zero biases) and feeds
-    the copies through Identity nodes, which would make a plain graph look less plain."""
+def _data_as_initializers(proto: onnx.ModelProto) -> None:
+    """Turn nodes that only hold data into initializers: `Constant` tensors (e.g. Clip bounds)
+    and `Identity(initializer)` (the exporter de-duplicates equal weights, e.g. all-zero biases,
+    and feeds the copies through Identity). Both would make a plain graph look less plain."""
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
     keep = []
     for node in graph.node:
+        tensor = None
         if node.op_type == "Identity" and node.input[0] in inits:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(inits[node.input[0]])
-            copy.name = node.output[0]
-            graph.initializer.append(copy)
-        else:
+            tensor = inits[node.input[0]]
+        elif node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            tensor = node.attribute[0].t
+        if tensor is None:
             keep.append(node)
+            continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        copy.name = node.output[0]
+        graph.initializer.append(copy)
+        inits[copy.name] = copy
     if len(keep) != len(graph.node):
         del graph.node[:]
         graph.node.extend(keep)
@@ -90,7 +94,7 @@ def export_onnx(
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    _inline_shared_initializers(proto)
+    _data_as_initializers(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return proto
@@ -130,9 +134,3 @@ def export_program(model: nn.Module, path: str | Path, example: Tensor) -> None:
 def load_program(path: str | Path) -> nn.Module:
     """The module of a saved `torch.export` program."""
     return torch.export.load(str(path)).module()
-
-
-def save_safetensors(model: nn.Module, path: str | Path, metadata: dict[str, str]) -> None:
-    """The model's state dict (parameters and buffers) as safetensors with string metadata."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)

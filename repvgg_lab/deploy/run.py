@@ -24,15 +24,15 @@ from repvgg_lab.deploy.export import (
     export_onnx,
     export_program,
     load_program,
-    save_safetensors,
 )
 from repvgg_lab.deploy.latency import measure_latency, paired_ratio
 from repvgg_lab.deploy.report import drift_metrics, latency_metrics
-from repvgg_lab.deploy.source import Source, load_source, plain_metadata
+from repvgg_lab.deploy.source import Source, load_source, save_plain
 from repvgg_lab.deploy.verify import (
     OnnxRunner,
     check_onnx,
     check_real_images,
+    check_verify_data,
     real_batch,
     run_torch,
     synthetic_batch,
@@ -245,12 +245,16 @@ def deploy(
         "threads": (threads, 1),
     }
     _check_options(minimum, tolerance, batch_sizes)
+    check_verify_data(verify_data, verify_root)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DeployError(f"out_dir is not a folder: {out_dir}")
     with torch_threads(threads):
         src = load_source(ckpt, model)
         input_size = input_size or src.input_size or DEFAULT_INPUT_SIZE
+        src.input_size = (
+            input_size  # recorded with the weights: the size the exports were checked at
+        )
         reference_net = src.source if src.source is not None else src.plain
         dtype = next(src.plain.parameters()).dtype
         tol = float(tolerance) if tolerance is not None else default_tolerance(dtype)
@@ -284,7 +288,7 @@ def deploy(
             metrics.update(check_onnx(runner, src.plain, x, truth, tol, other_shape=other))
             _gate({"ONNX model": metrics["onnx/vs_fp64/rel_max"]}, tol, hint)
             export_program(src.plain, staging / FILES["program"], x[:2])
-            save_safetensors(src.plain, staging / FILES["weights"], plain_metadata(src))
+            save_plain(src, staging / FILES["weights"])
             _round_trips(staging, x, run_torch(src.plain, x), tol)
 
             metrics.update(_costs(src, input_size))

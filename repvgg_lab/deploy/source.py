@@ -1,13 +1,12 @@
 """Any supported checkpoint -> the multi-branch source net (if any) and its plain equivalent.
 
-Formats: our Lightning checkpoints (architecture read from the file), official RepVGG and timm
-state dicts (train or deploy form), torchvision-named weights of registry models, and the
-safetensors files this package exports (architecture and plain-net layout in the metadata).
+Formats: our Lightning checkpoints and safetensors files (architecture read from the file),
+official RepVGG and timm state dicts (train or deploy form) and torchvision-named weights of
+registry models (architecture from `model=`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +23,15 @@ from repvgg_lab.models import (
     load_pretrained,
     read_checkpoint,
     reparameterize,
+    save_weights,
 )
 from repvgg_lab.models.plain import PlainNet
 from repvgg_lab.models.registry import get_config
 
 log = logging.getLogger(__name__)
 
-# safetensors metadata written by `plain_metadata` and read back by `load_source`.
-METADATA_FORMAT = "repvgg_lab.plain"
-_DEFAULT_IN_CHANNELS = 3
-_DEFAULT_NUM_CLASSES = 1000
+DEFAULT_IN_CHANNELS = 3
+DEFAULT_NUM_CLASSES = 1000
 # First bytes of what torch.save writes: its zip container, or a (legacy) protocol-2+ pickle.
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
@@ -56,49 +54,25 @@ class Source:
         """True when the checkpoint was already plain, so there is no multi-branch net to check."""
         return self.source is None
 
-
-def plain_metadata(src: Source) -> dict[str, str]:
-    """safetensors metadata that lets `load_source` rebuild the plain net without `model=`."""
-    meta = {
-        "format": METADATA_FORMAT,
-        "model_name": src.model_name,
-        "num_classes": str(src.num_classes),
-        "in_channels": str(src.in_channels),
-        "deploy": "true",
-        "model_kwargs": json.dumps(src.model_kwargs, sort_keys=True),
-    }
-    if src.input_size is not None:
-        meta["input_size"] = str(src.input_size)
-    if isinstance(src.plain, PlainNet):
-        # A PlainNet's layout (pruned widths, activations) is not a registry entry: store it.
-        meta["plain_spec"] = json.dumps(src.plain.spec(), sort_keys=True)
-    return meta
-
-
-def _safetensors_metadata(path: Path) -> dict[str, Any]:
-    """Our own export's metadata as hyper-parameters; {} for any other file."""
-    if path.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != METADATA_FORMAT:
-        return {}
-    try:
-        info: dict[str, Any] = {
-            "model_name": meta["model_name"],
-            "num_classes": int(meta["num_classes"]),
-            "in_channels": int(meta["in_channels"]),
-            "model_kwargs": json.loads(meta.get("model_kwargs") or "{}"),
+    def metadata(self) -> dict[str, Any]:
+        """What `load_source` needs to rebuild the plain net from its weights alone."""
+        meta: dict[str, Any] = {
+            "model_name": self.model_name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "input_size": self.input_size,
+            "model_kwargs": self.model_kwargs,
+            "deploy": True,
         }
-        if "input_size" in meta:
-            info["input_size"] = int(meta["input_size"])
-        if "plain_spec" in meta:
-            info["plain_spec"] = json.loads(meta["plain_spec"])
-    except (KeyError, ValueError) as err:
-        raise DeployError(f"{path}: damaged {METADATA_FORMAT} metadata ({err})") from None
-    return info
+        if isinstance(self.plain, PlainNet):
+            # A PlainNet's layout (pruned widths, activations) is no registry entry: store it.
+            meta["plain_spec"] = self.plain.spec()
+        return meta
+
+
+def save_plain(src: Source, path: str | Path) -> Path:
+    """The plain weights as safetensors, with the metadata `load_source` reads back."""
+    return save_weights(src.plain, path, src.metadata())
 
 
 def _check_kind(path: Path) -> None:
@@ -194,43 +168,43 @@ def load_source(path: str | Path, model: str | None = None) -> Source:
     path = Path(path)
     _check_kind(path)
     ckpt = _net_only(read_checkpoint(path))
-    exported = _safetensors_metadata(path)
-    info = {**ckpt.hyper_parameters, **exported}
-    fmt = "repvgg_lab safetensors" if exported else ckpt.source
+    info, fmt = ckpt.hyper_parameters, ckpt.source
     kwargs = info.get("model_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise DeployError(f"{path}: model_kwargs must be a mapping, found {kwargs!r}")
     kwargs = dict(kwargs)
-    in_channels = _positive(info, "in_channels", path) or _DEFAULT_IN_CHANNELS
-    if in_channels != _DEFAULT_IN_CHANNELS:
+    in_channels = _positive(info, "in_channels", path) or DEFAULT_IN_CHANNELS
+    if in_channels != DEFAULT_IN_CHANNELS:
         # Only passed when it differs: not every registry constructor takes `in_channels`.
         kwargs.setdefault("in_channels", in_channels)
     input_size = _positive(info, "input_size", path)
+    deploy = ckpt.is_deploy or info.get("deploy") is True
 
-    if "plain_spec" in info:  # an exported PlainNet: its layout is in the file, not the registry
+    spec = info.get("plain_spec")
+    if isinstance(spec, dict):  # an exported PlainNet: its layout is in the file, not the registry
         name = _model_name(info, model, path, fmt, registered=False)
-        plain = PlainNet.from_spec(info["plain_spec"])
+        plain: nn.Module = PlainNet.from_spec(spec)
         _load(plain, ckpt, path, name)
-        num_classes = _positive(info, "num_classes", path) or _DEFAULT_NUM_CLASSES
+        num_classes = _positive(info, "num_classes", path) or plain.head.fc.out_features
         return Source(name, num_classes, in_channels, fmt, plain.eval(), None, kwargs, input_size)
 
     name = _model_name(info, model, path, fmt)
-    num_classes = _positive(info, "num_classes", path) or infer_num_classes(
-        name, ckpt.state_dict, ckpt.is_deploy, **kwargs
+    num_classes = (
+        _positive(info, "num_classes", path)
+        or infer_num_classes(name, ckpt.state_dict, deploy, **kwargs)
+        or DEFAULT_NUM_CLASSES  # no classifier weights found: loading will say what is wrong
     )
-    num_classes = num_classes or _DEFAULT_NUM_CLASSES
-    net = _build(name, num_classes, ckpt.is_deploy, kwargs)
+    net = _build(name, num_classes, deploy, kwargs)
     _load(net, ckpt, path, name)
-    net.eval()
-    src = Source(name, num_classes, in_channels, fmt, net, None, kwargs, input_size)
-    if not ckpt.is_deploy:
+    src = Source(name, num_classes, in_channels, fmt, net.eval(), None, kwargs, input_size)
+    if not deploy:
         src.source, src.plain = net, reparameterize(net).eval()
     log.info(
-        "%s: %s %s checkpoint, %d classes%s",
+        "%s: %s checkpoint (%s format), %d classes%s",
         path,
         name,
         fmt,
-        src.num_classes,
-        " (already plain)" if src.deploy_form else "",
+        num_classes,
+        ", already plain" if src.deploy_form else "",
     )
     return src

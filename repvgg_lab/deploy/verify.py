@@ -95,12 +95,21 @@ def check_onnx(
     return metrics
 
 
+def check_verify_data(data: str | None, root: str | None) -> None:
+    """Fail early on a verify.data choice that cannot work (before any conversion is done)."""
+    if data is None:
+        return
+    if data not in VERIFY_DATA:
+        raise DeployError(f"unknown verify.data={data!r}; expected one of {', '.join(VERIFY_DATA)}")
+    if data == "imagenet" and not root:
+        raise DeployError("verify.data=imagenet needs verify.root=<folder with train/ and val/>")
+
+
 def real_batch(
     data: str, root: str | None, input_size: int, in_channels: int, size: int
 ) -> tuple[Tensor, Tensor]:
     """`size` validation images and labels from the `digits` or `imagenet` data module."""
-    if data not in VERIFY_DATA:
-        raise DeployError(f"unknown verify.data={data!r}; expected one of {', '.join(VERIFY_DATA)}")
+    check_verify_data(data, root)
     try:
         from repvgg_lab import data as datamodules
     except ImportError as err:
@@ -109,8 +118,6 @@ def real_batch(
         if data == "digits":
             module: Any = datamodules.DigitsDataModule(img_size=input_size, in_channels=in_channels)
         else:
-            if not root:
-                raise DeployError("verify.data=imagenet needs verify.root=<ImageNet folder>")
             module = datamodules.ImageNetDataModule(root=root, img_size=input_size)
         module.setup()
         x, y = module.fixed_batch(split="val", size=size)
