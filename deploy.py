@@ -6,7 +6,8 @@ from omegaconf import DictConfig
 from repvgg_lab.pipeline.deploy import deploy
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="deploy")
+# Its own config folder: in configs/ the `model` training group would claim `model=NAME`.
+@hydra.main(version_base="1.3", config_path="configs/deploy", config_name="deploy")
 def main(cfg: DictConfig) -> None:
     deploy(cfg)
 
