@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
 DEFAULT_OPSET = 17
+# Clip with tensor bounds (ReLU6) needs opset 11; the TorchScript-based exporter stops at 20.
+OPSETS = range(11, 21)
 
 # What a plain classifier may contain: convs, per-channel clamps (ReLU, ReLU6 as Clip, RMNet's
 # mixed-bound clamps as Max/Min), pooling, the classifier, and the squeeze-excite ops (pooled

@@ -20,6 +20,7 @@ import torch
 from repvgg_lab.deploy.errors import DeployError
 from repvgg_lab.deploy.export import (
     DEFAULT_OPSET,
+    OPSETS,
     check_plain_graph,
     export_onnx,
     export_program,
@@ -59,9 +60,17 @@ def _is_int(value: Any, low: int) -> bool:
 
 
 def _check_options(
-    minimum: dict[str, tuple[Any, int]], tolerance: float | None, batch_sizes: Sequence[int]
+    minimum: dict[str, tuple[Any, int]],
+    tolerance: float | None,
+    batch_sizes: Sequence[int],
+    opset: int,
 ) -> None:
     """One-line errors for option values that make no sense (before any work is done)."""
+    if not _is_int(opset, OPSETS.start) or opset not in OPSETS:
+        raise DeployError(
+            f"export.opset must be an integer from {OPSETS.start} to {OPSETS.stop - 1}, "
+            f"got {opset!r}"
+        )
     for name, (value, low) in minimum.items():
         if value is not None and not _is_int(value, low):
             raise DeployError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -71,9 +80,14 @@ def _check_options(
         raise DeployError(f"latency.batch_sizes must be positive integers, got {list(batch_sizes)}")
 
 
+def _over(checks: dict[str, float], tolerance: float) -> dict[str, float]:
+    """The relative errors above `tolerance` (`not <=` also catches NaN)."""
+    return {k: v for k, v in checks.items() if not v <= tolerance}
+
+
 def _gate(checks: dict[str, float], tolerance: float, hint: str = "") -> None:
     """Refuse (DeployError) when any relative error against the float64 truth is over tolerance."""
-    over = {k: v for k, v in checks.items() if not v <= tolerance}  # `not <=` also catches NaN
+    over = _over(checks, tolerance)
     if over:
         worst = ", ".join(f"{k} {v:.3g}" for k, v in over.items())
         raise DeployError(
@@ -104,9 +118,9 @@ def _round_trips(staging: Path, x: torch.Tensor, expected: torch.Tensor, toleran
         checks = {"torch.export program vs plain net": rel_max(expected, program(x))}
     reloaded = load_source(staging / FILES["weights"])
     checks["safetensors reload vs plain net"] = rel_max(expected, run_torch(reloaded.plain, x))
-    bad = {k: v for k, v in checks.items() if not v <= tolerance}
+    bad = ", ".join(f"{k} {v:.3g}" for k, v in _over(checks, tolerance).items())
     if bad:
-        raise DeployError(f"an export does not reproduce the plain net: {bad}")
+        raise DeployError(f"an export does not reproduce the plain net: {bad} > {tolerance:g}")
 
 
 def _latency(
@@ -244,7 +258,7 @@ def deploy(
         "verify.size": (verify_size, 1),
         "threads": (threads, 1),
     }
-    _check_options(minimum, tolerance, batch_sizes)
+    _check_options(minimum, tolerance, batch_sizes, opset)
     check_verify_data(verify_data, verify_root)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

@@ -30,6 +30,13 @@ def _values(cfg: DictConfig) -> dict[str, Any]:
     return values
 
 
+def _as_list(value: Any) -> list[Any]:
+    """`latency.batch_sizes=8` means [8]; null means none."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
 def _default_out_dir() -> str:
     return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
 
@@ -44,7 +51,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
             out_dir=c["out_dir"] or _default_out_dir(),
             input_size=c["input_size"],
             tolerance=c["tolerance"],
-            batch_sizes=tuple(c["latency"]["batch_sizes"] or ()),
+            batch_sizes=_as_list(c["latency"]["batch_sizes"]),
             rounds=c["latency"]["rounds"],
             warmup=c["latency"]["warmup"],
             verify_data=c["verify"]["data"],

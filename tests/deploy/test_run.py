@@ -116,6 +116,8 @@ BAD_INPUTS = {
     "folder": (_folder, "directory"),
     "input_size": (_bad_option("input_size", 0), "input_size must be an integer >= 1"),
     "tolerance": (_bad_option("tolerance", -1.0), "tolerance must be a positive number"),
+    "opset": (_bad_option("opset", 21), "export.opset must be an integer from 11 to 20"),
+    "batch sizes": (_bad_option("batch_sizes", [1, 0]), "latency.batch_sizes"),
     "verify data": (_bad_option("verify_data", "cifar"), "verify.data"),
     "imagenet root": (_bad_option("verify_data", "imagenet"), "verify.root"),
 }
