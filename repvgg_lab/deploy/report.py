@@ -75,10 +75,11 @@ def render(report: dict[str, Any]) -> Group:
     )
     checks.add_column("metric")
     checks.add_column("value", justify="right")
-    shown = ("drift/vs_fp64/train_rel_max", "drift/vs_fp64/deploy_rel_max")
-    onnx_and_data = sorted(k for k in m if k.startswith(("onnx/", "verify/")))
-    for key in (*(k for k in DRIFT_KEYS if k not in shown), *onnx_and_data):
-        checks.add_row(key, _fmt(m.get(key)))
+    shown = {"drift/vs_fp64/train_rel_max", "drift/vs_fp64/deploy_rel_max"}
+    others = sorted(k for k in m if k.startswith(("drift/", "onnx/", "verify/")))
+    for key in dict.fromkeys([*DRIFT_KEYS, *others]):  # stable names first, no repeats
+        if key not in shown:
+            checks.add_row(key, _fmt(m.get(key)))
 
     parts: list[Any] = [conversion, checks]
     if settings["batch_sizes"]:

@@ -35,6 +35,7 @@ from repvgg_lab.deploy.verify import (
     check_real_images,
     check_verify_data,
     real_batch,
+    rel_l2,
     run_torch,
     synthetic_batch,
 )
@@ -130,8 +131,10 @@ def _latency(
     batch_sizes: Sequence[int],
     rounds: int,
     warmup: int,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Median latency metrics, and every round's times (report.json) to judge the noise."""
     metrics: dict[str, float] = {}
+    details: dict[str, Any] = {}
     gen = torch.Generator().manual_seed(0)
     for batch in batch_sizes:
         x = torch.randn(batch, src.in_channels, input_size, input_size, generator=gen)
@@ -141,6 +144,7 @@ def _latency(
         with torch.inference_mode():
             results = measure_latency(fns, rounds=rounds, warmup=warmup)
         metrics.update(latency_metrics(batch, results))
+        details[f"bs{batch}"] = results
         if "train" in results:
             metrics[f"latency/bs{batch}/speedup"] = paired_ratio(results, "train", "deploy")
         log.info(
@@ -148,7 +152,7 @@ def _latency(
             batch,
             {k: round(v["median_ms"], 2) for k, v in results.items()},
         )
-    return metrics
+    return metrics, details
 
 
 @contextlib.contextmanager
@@ -226,6 +230,33 @@ def _real_images(
     return check_real_images(outputs, truth, labels)
 
 
+def _write_exports(
+    src: Source,
+    staging: Path,
+    x: torch.Tensor,
+    truth: torch.Tensor,
+    tolerance: float,
+    opset: int,
+    hint: str,
+) -> tuple[dict[str, int], OnnxRunner, dict[str, float]]:
+    """Write ONNX, program and weights into `staging` and check each: the ONNX graph is plain
+    and within tolerance of float64 (on `x` and on another shape), the others reload exactly."""
+    proto = export_onnx(src.plain, staging / FILES["onnx"], x[:2], opset)
+    ops = check_plain_graph(proto)
+    runner = OnnxRunner(staging / FILES["onnx"])
+    size = x.shape[-1]
+    other = (3, src.in_channels, size + 16, size + 8)
+    metrics = check_onnx(runner, src.plain, x, truth, tolerance, other_shape=other)
+    _gate({"ONNX model": metrics["onnx/vs_fp64/rel_max"]}, tolerance, hint)
+    export_program(src.plain, staging / FILES["program"], x[:2])
+    save_plain(src, staging / FILES["weights"])
+    y_plain = run_torch(src.plain, x)
+    _round_trips(staging, x, y_plain, tolerance)
+    # The plain PyTorch net's whole-output error, to set beside ONNX Runtime's.
+    metrics["drift/vs_fp64/deploy_rel_l2"] = rel_l2(truth, y_plain)
+    return ops, runner, metrics
+
+
 def deploy(
     ckpt: str | Path,
     model: str | None = None,
@@ -266,9 +297,8 @@ def deploy(
     with torch_threads(threads):
         src = load_source(ckpt, model)
         input_size = input_size or src.input_size or DEFAULT_INPUT_SIZE
-        src.input_size = (
-            input_size  # recorded with the weights: the size the exports were checked at
-        )
+        # Recorded with the weights: the size the exports were checked at.
+        src.input_size = input_size
         reference_net = src.source if src.source is not None else src.plain
         dtype = next(src.plain.parameters()).dtype
         tol = float(tolerance) if tolerance is not None else default_tolerance(dtype)
@@ -294,21 +324,14 @@ def deploy(
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=out_dir))
         try:
-            proto = export_onnx(src.plain, staging / FILES["onnx"], x[:2], opset)
-            ops = check_plain_graph(proto)
-            runner = OnnxRunner(staging / FILES["onnx"])
-            other = (3, src.in_channels, input_size + 16, input_size + 8)
             metrics: dict[str, Any] = drift_metrics(drift, src.source is not None)
-            metrics.update(check_onnx(runner, src.plain, x, truth, tol, other_shape=other))
-            _gate({"ONNX model": metrics["onnx/vs_fp64/rel_max"]}, tol, hint)
-            export_program(src.plain, staging / FILES["program"], x[:2])
-            save_plain(src, staging / FILES["weights"])
-            _round_trips(staging, x, run_torch(src.plain, x), tol)
-
+            ops, runner, onnx_metrics = _write_exports(src, staging, x, truth, tol, opset, hint)
+            metrics.update(onnx_metrics)
             metrics.update(_costs(src, input_size))
             if images is not None:
                 metrics.update(_real_images(src, runner, images))
-            metrics.update(_latency(src, runner, input_size, batch_sizes, rounds, warmup))
+            timing, latency = _latency(src, runner, input_size, batch_sizes, rounds, warmup)
+            metrics.update(timing)
             settings = {
                 "input_size": input_size,
                 "tolerance": tol,
@@ -324,6 +347,7 @@ def deploy(
                 "threads": torch.get_num_threads(),
             }
             report = _report(src, ckpt, out_dir, metrics, settings, ops, drift.blocks)
+            report["latency"] = latency
             write_json(staging / FILES["metrics"], metrics)
             write_json(staging / FILES["report"], report)
             _publish(staging, out_dir)

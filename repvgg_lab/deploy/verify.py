@@ -63,6 +63,17 @@ class OnnxRunner:
         return torch.from_numpy(self.run_numpy(x.detach().to(torch.float32).cpu().numpy()))
 
 
+def rel_l2(ref: Tensor, out: Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64: the error of the whole output, steadier from batch to
+    batch than the max-based `rel_max` when comparing two fp32 evaluations."""
+    ref64 = ref.to(torch.float64)
+    norm = float(ref64.norm())
+    diff = float((out.to(torch.float64) - ref64).norm())
+    if norm == 0.0:
+        return 0.0 if diff == 0.0 else float("inf")
+    return diff / norm
+
+
 def check_onnx(
     runner: OnnxRunner,
     plain: nn.Module,
@@ -78,6 +89,7 @@ def check_onnx(
     pair = compare(y_torch, y_onnx)
     metrics = {
         "onnx/vs_fp64/rel_max": rel_max(truth, y_onnx),
+        "onnx/vs_fp64/rel_l2": rel_l2(truth, y_onnx),
         "onnx/vs_torch/max_abs": pair["max_abs"],
         "onnx/vs_torch/rel_max": pair["rel_max"],
         "onnx/top1_agree": pair["top1_agree"],

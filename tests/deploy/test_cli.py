@@ -89,6 +89,7 @@ def test_report_has_the_stable_metric_names(run) -> None:
     for batch in (1, 8):
         for net in ("train", "deploy", "onnx"):
             assert m[f"latency/bs{batch}/{net}_ms"] > 0
+            assert len(report["latency"][f"bs{batch}"][net]["times_ms"]) == 2  # latency.rounds
     # Published RepVGG-A0 counts with a 10-class head (timm agrees): 7.84M -> 7.04M.
     assert round(m["params/train"] / 1e6, 2) == 7.84 and round(m["params/deploy"] / 1e6, 2) == 7.04
     assert m["macs/deploy"] < m["macs/train"]
@@ -113,6 +114,7 @@ def test_onnx_is_plain_dynamic_and_as_exact_as_pytorch(run, truth) -> None:
     # deploy's own batch (the report) and on an independent one.
     m = json.loads((run_dir / "report.json").read_text())["metrics"]
     assert m["onnx/vs_fp64/rel_max"] <= 1.5 * m["drift/vs_fp64/deploy_rel_max"]
+    assert m["onnx/vs_fp64/rel_l2"] <= 1.5 * m["drift/vs_fp64/deploy_rel_l2"]
     plain = load_pretrained(
         create_model("repvgg_a0", num_classes=10, deploy=True).eval(), run_dir / "model.safetensors"
     )
