@@ -321,8 +321,11 @@ def deploy(
         )
 
         # 2. Export into a staging folder inside out_dir, check every file, then move into place.
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=out_dir))
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=out_dir))
+        except OSError as err:
+            raise DeployError(f"cannot write to out_dir={out_dir}: {err.strerror}") from None
         try:
             metrics: dict[str, Any] = drift_metrics(drift, src.source is not None)
             ops, runner, onnx_metrics = _write_exports(src, staging, x, truth, tol, opset, hint)

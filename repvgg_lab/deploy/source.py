@@ -80,8 +80,11 @@ def _check_kind(path: Path) -> None:
     it unsafe (read_checkpoint reports missing files, folders and damaged checkpoints)."""
     if path.suffix == ".safetensors" or not path.is_file():
         return
-    with path.open("rb") as f:
-        head = f.read(4)
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # unreadable: read_checkpoint names the OS error
     if not head.startswith(_TORCH_MAGIC):
         what = "an empty file" if not head else "neither a PyTorch checkpoint nor safetensors"
         raise DeployError(f"{path} is not a checkpoint: {what}")

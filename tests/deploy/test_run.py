@@ -95,6 +95,12 @@ def _folder(tmp: Path, a0) -> tuple[Path, dict]:
     return tmp / "run", {}
 
 
+def _out_dir_is_a_file(tmp: Path, a0) -> tuple[Path, dict]:
+    torch.save(a0.state_dict(), tmp / "a0.pth")
+    (tmp / "taken").write_text("a file where the output folder should go")
+    return tmp / "a0.pth", {"model": "repvgg_a0", "out_dir": tmp / "taken" / "sub"}
+
+
 def _bad_option(option: str, value: object):
     def make(tmp: Path, a0) -> tuple[Path, dict]:
         torch.save(a0.state_dict(), tmp / "a0.pth")
@@ -114,6 +120,7 @@ BAD_INPUTS = {
     "foreign without model": (_foreign_without_model, "does not say which architecture"),
     "unknown model": (_unknown_model, "unknown model 'repvgg_z9'"),
     "folder": (_folder, "directory"),
+    "out_dir under a file": (_out_dir_is_a_file, "cannot write to out_dir"),
     "input_size": (_bad_option("input_size", 0), "input_size must be an integer >= 1"),
     "tolerance": (_bad_option("tolerance", -1.0), "tolerance must be a positive number"),
     "opset": (_bad_option("opset", 21), "export.opset must be an integer from 11 to 20"),
@@ -128,7 +135,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, a0, out_dir, u
     make, message = BAD_INPUTS[case]
     path, kwargs = make(tmp_path, a0)
     with pytest.raises(InputError, match=message) as err:
-        deploy(path, out_dir=out_dir, **{"input_size": 32, **FAST, **kwargs})
+        deploy(path, **{"out_dir": out_dir, "input_size": 32, **FAST, **kwargs})
     assert "\n" not in str(err.value)
     unchanged()
 
