@@ -97,18 +97,9 @@ def _gate(checks: dict[str, float], tolerance: float, hint: str = "") -> None:
         )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _publish(staging: Path, out_dir: Path) -> None:
-    """Move the verified files into place, report.json last, with ordinary permissions (the
-    staging files are private temporary files)."""
-    mode = 0o666 & ~_umask()
+    """Move the verified files into place, report.json last."""
     for name in FILES.values():
-        os.chmod(staging / name, mode)
         os.replace(staging / name, out_dir / name)
 
 

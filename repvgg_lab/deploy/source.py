@@ -25,6 +25,7 @@ from repvgg_lab.models import (
     reparameterize,
     save_weights,
 )
+from repvgg_lab.models.checkpoints import plain_metadata
 from repvgg_lab.models.plain import PlainNet
 from repvgg_lab.models.registry import get_config
 
@@ -56,18 +57,14 @@ class Source:
 
     def metadata(self) -> dict[str, Any]:
         """What `load_source` needs to rebuild the plain net from its weights alone."""
-        meta: dict[str, Any] = {
-            "model_name": self.model_name,
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "input_size": self.input_size,
-            "model_kwargs": self.model_kwargs,
-            "deploy": True,
-        }
-        if isinstance(self.plain, PlainNet):
-            # A PlainNet's layout (pruned widths, activations) is no registry entry: store it.
-            meta["plain_spec"] = self.plain.spec()
-        return meta
+        return plain_metadata(
+            self.plain,
+            model_name=self.model_name,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            input_size=self.input_size,
+            model_kwargs=self.model_kwargs,
+        )
 
 
 def save_plain(src: Source, path: str | Path) -> Path:

@@ -14,7 +14,7 @@ from torch import nn
 from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.evaluate import evaluate
 from repvgg_lab.models import count_macs, count_params, measure_drift, reparameterize
-from repvgg_lab.models.checkpoints import save_weights
+from repvgg_lab.models.checkpoints import plain_metadata, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class Reparameterize(pl.Callback):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.output_dir / "drift_blocks.json", self.blocks)
             if self.save:
-                save_weights(plain, self.output_dir / "plain.safetensors", _describe(pl_module))
+                meta = plain_metadata(plain, **describe(pl_module))
+                save_weights(plain, self.output_dir / "plain.safetensors", meta)
         log.info(
             "re-parameterized: drift vs fp64 %.2e (multi-branch %.2e), top-1 agreement %.4f",
             metrics["drift/vs_fp64/deploy_rel_max"],
@@ -117,7 +118,8 @@ class Reparameterize(pl.Callback):
         )
 
 
-def _describe(pl_module: pl.LightningModule) -> dict[str, Any]:
+def describe(pl_module: pl.LightningModule) -> dict[str, Any]:
+    """What the module's hyper-parameters say about the architecture (for weight metadata)."""
     hp = pl_module.hparams
     return {
         "model_name": hp.get("model_name"),
@@ -125,7 +127,6 @@ def _describe(pl_module: pl.LightningModule) -> dict[str, Any]:
         "in_channels": hp.get("in_channels"),
         "input_size": hp.get("input_size"),
         "model_kwargs": dict(hp.get("model_kwargs") or {}),
-        "deploy": True,
     }
 
 

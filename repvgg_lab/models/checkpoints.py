@@ -70,7 +70,8 @@ def _load_file(path: Path) -> Any:
         # so a checkpoint can never execute code on load.
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(err))
+        first = f"it references {found[1]}" if found else "an unsupported object"
         raise CheckpointError(
             f"{path}: refused to unpickle an object that is not a tensor or plain container "
             f"(the file may try to run code): {first}"
@@ -99,6 +100,18 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError:
         hparams = {}
     return {"state_dict": state, "hyper_parameters": hparams if isinstance(hparams, dict) else {}}
+
+
+def plain_metadata(plain: nn.Module, **info: Any) -> dict[str, Any]:
+    """Metadata stored beside plain weights: `info` (model_name, num_classes, ...), the deploy
+    flag and, for a PlainNet (RMNet conversions, pruned nets), its layout, which no registry
+    entry describes."""
+    from repvgg_lab.models.plain import PlainNet
+
+    meta: dict[str, Any] = {**info, "deploy": True}
+    if isinstance(plain, PlainNet):
+        meta["plain_spec"] = plain.spec()
+    return meta
 
 
 def save_weights(

@@ -12,10 +12,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from repvgg_lab.fileio import write_json
-from repvgg_lab.lit.callbacks import Reparameterize
+from repvgg_lab.lit.callbacks import Reparameterize, describe
 from repvgg_lab.lit.evaluate import evaluate
 from repvgg_lab.lit.module import ClassifierModule
-from repvgg_lab.models.checkpoints import save_weights
+from repvgg_lab.models.checkpoints import plain_metadata, save_weights
 from repvgg_lab.models.prune import prune_net
 from repvgg_lab.pipeline.common import UserError, user_errors
 
@@ -91,7 +91,8 @@ def _finetune(cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module) ->
     metrics = _scalars(trainer.callback_metrics)
     metrics.update(_scalars(trainer.test(module, datamodule=parts["datamodule"])[0]))
     if trainer.is_global_zero:
-        save_weights(module.net, Path(cfg.output_dir) / "plain_finetuned.safetensors")
+        meta = plain_metadata(module.net, **describe(parts["module"]))
+        save_weights(module.net, Path(cfg.output_dir) / "plain_finetuned.safetensors", meta)
     return metrics
 
 
