@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from repvgg_lab import create_model, load_pretrained, measure_drift, reparameterize
 from repvgg_lab.models import count_macs, count_params
@@ -17,7 +18,6 @@ from repvgg_lab.models.init import calibrate_bn, randomize_bn
 from repvgg_lab.models.plain import ChannelClamp, PlainLayer, PlainNet
 from repvgg_lab.models.rmnet import RMConversionError, RMResNet
 from repvgg_lab.reparam import rel_max, tolerance
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 SIZE = 64
 NAMES = ["rmnet_resnet18", "rmnet_resnet34", "rmnet_resnet50", "rmnet_mobilenet_v2"]
@@ -58,7 +58,9 @@ def test_state_dict_is_torchvisions(name):
     assert [(k, v.shape) for k, v in ours.items()] == [(k, v.shape) for k, v in theirs.items()]
 
 
-@pytest.mark.parametrize("name", _params(["rmnet_resnet18", "rmnet_mobilenet_v2", "rmnet_resnet50"]))
+@pytest.mark.parametrize(
+    "name", _params(["rmnet_resnet18", "rmnet_mobilenet_v2", "rmnet_resnet50"])
+)
 def test_torchvision_weights_load_and_convert(name):
     """A (random, BN-randomised) torchvision state dict loads strictly, gives torchvision's exact
     logits, and the converted plain net matches them."""
@@ -198,7 +200,25 @@ def test_plain_resnet_is_a_chain_of_convs_and_relus():
     assert all(isinstance(layer, PlainLayer) for layer in plain.features)
     assert all(type(layer.act) is nn.ReLU for layer in plain.features)
     widths = [layer.conv.out_channels for layer in plain.features]
-    assert widths == [64, 128, 64, 128, 64, 192, 128, 256, 128, 384, 256, 512, 256, 768, 512, 1024, 512]
+    assert widths == [
+        64,
+        128,
+        64,
+        128,
+        64,
+        192,
+        128,
+        256,
+        128,
+        384,
+        256,
+        512,
+        256,
+        768,
+        512,
+        1024,
+        512,
+    ]
     assert plain.features[0].conv.in_channels == 1
     assert isinstance(plain.features[0].pool, nn.MaxPool2d)
     assert plain(torch.randn(1, 1, 32, 32)).shape == (1, 10)

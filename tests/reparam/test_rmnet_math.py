@@ -1,4 +1,4 @@
-"""The RM operation on tensors: residual blocks written with functional ops vs their plain chains."""
+"""The RM operation on tensors: residual blocks in functional ops vs their plain chains."""
 
 import math
 
@@ -51,7 +51,9 @@ def _bn(x: torch.Tensor, s: BNStats) -> torch.Tensor:
 
 
 def _conv_bn(x, k, s, stride=1, groups=1):
-    return _bn(F.conv2d(x, k.to(x.dtype), stride=stride, padding=k.shape[-1] // 2, groups=groups), s)
+    return _bn(
+        F.conv2d(x, k.to(x.dtype), stride=stride, padding=k.shape[-1] // 2, groups=groups), s
+    )
 
 
 def run_chain(layers: list[PlainConv], x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,9 @@ def run_chain(layers: list[PlainConv], x: torch.Tensor) -> torch.Tensor:
             padding=layer.size // 2,
             groups=layer.groups,
         )
-        x = torch.clamp(x, layer.lower.to(x.dtype)[:, None, None], layer.upper.to(x.dtype)[:, None, None])
+        x = torch.clamp(
+            x, layer.lower.to(x.dtype)[:, None, None], layer.upper.to(x.dtype)[:, None, None]
+        )
     return x
 
 
@@ -88,7 +92,12 @@ def test_basic_block_equals_plain_chain(cin, cmid, cout, stride, projection, siz
     """ResNet BasicBlock (3x3-BN-ReLU-3x3-BN + shortcut, ReLU) == 2 plain convs with ReLUs."""
     projection = projection or stride != 1 or cin != cout
     g = _gen(seed)
-    k1, s1, k2, s2 = _kernel(cmid, cin, 3, g), _stats(cmid, g), _kernel(cout, cmid, 3, g), _stats(cout, g)
+    k1, s1, k2, s2 = (
+        _kernel(cmid, cin, 3, g),
+        _stats(cmid, g),
+        _kernel(cout, cmid, 3, g),
+        _stats(cout, g),
+    )
     kd, sd = _kernel(cout, cin, 1, g), _stats(cout, g)
     x = torch.relu(torch.randn(2, cin, size, size, generator=g, dtype=torch.float64))
 
@@ -204,12 +213,19 @@ def test_reserved_channels_are_copied_bit_exactly(channels, stride, size, dtype)
     conv = folded(_kernel(2, channels, size, _gen(0)), None, stride=stride)
     layer = tap(conv)
     x = torch.randn(1, channels, 11, 11, dtype=torch.float64).to(dtype)
-    out = F.conv2d(x, layer.kernel.to(dtype), layer.bias.to(dtype), stride=stride, padding=size // 2)
+    out = F.conv2d(
+        x, layer.kernel.to(dtype), layer.bias.to(dtype), stride=stride, padding=size // 2
+    )
     assert torch.equal(out[:, :channels], x[:, :, ::stride, ::stride])
 
 
 @FAST
-@given(groups=st.integers(1, 4), per_in=st.integers(1, 3), per_out=st.integers(1, 3), k=st.sampled_from([1, 3]))
+@given(
+    groups=st.integers(1, 4),
+    per_in=st.integers(1, 3),
+    per_out=st.integers(1, 3),
+    k=st.sampled_from([1, 3]),
+)
 def test_ungroup_gives_the_same_conv(groups, per_in, per_out, k):
     """A grouped conv equals the dense conv with its block-diagonal ungrouped kernel."""
     kernel = torch.randn(groups * per_out, per_in, k, k, dtype=torch.float64)
