@@ -14,6 +14,7 @@ average, because on a shared machine only ratios measured side by side mean anyt
 
     python scripts/rmnet_cost.py                       # counts + latency, b=1 and b=8, 2 threads
     python scripts/rmnet_cost.py --no-latency          # counts only (seconds)
+    python scripts/rmnet_cost.py --no-latency --drift  # + conversion error, 3 seeds (minutes)
     python scripts/rmnet_cost.py --json outputs/rmnet_cost.json
 """
 
@@ -29,10 +30,11 @@ import time
 import torch
 from torch import nn
 
-from repvgg_lab import create_model, reparameterize
+from repvgg_lab import create_model, measure_drift, reparameterize
 from repvgg_lab.models import count_macs, count_params
 from repvgg_lab.models.init import randomize_bn
-from repvgg_lab.reparam import BNStats, fuse_conv_bn
+from repvgg_lab.models.plain import ChannelClamp
+from repvgg_lab.reparam import BNStats, fuse_conv_bn, rel_max
 
 MODELS = ["rmnet_resnet18", "rmnet_resnet34", "rmnet_resnet50", "rmnet_mobilenet_v2"]
 RMNET_FORM = {
@@ -108,6 +110,33 @@ def costs(name: str, size: int) -> dict[str, dict[str, int]]:
     return result
 
 
+def drift(name: str, size: int, seed: int) -> dict[str, float]:
+    """Conversion error on a trained-like net (BN statistics calibrated on random images):
+    float64 plain vs source, and fp32 source/plain vs the float64 truth (`measure_drift`)."""
+    torch.manual_seed(seed)
+    source = create_model(name).eval()
+    randomize_bn(source, seed, inputs=torch.randn(4, 3, size, size))
+    x = torch.randn(4, 3, size, size)
+    report = measure_drift(source, reparameterize(source), x)
+    source64 = copy.deepcopy(source).double()
+    plain64 = reparameterize(source64)
+    with torch.no_grad():
+        y64 = source64(x.double())
+        out = {
+            "fp64_rel_max": rel_max(y64, plain64(x.double())),
+            "fp32_train_rel_max": report.train_rel_max,
+            "fp32_deploy_rel_max": report.deploy_rel_max,
+            "top1_agree": report.top1_agree,
+        }
+        if any(isinstance(m, ChannelClamp) for m in plain64.modules()):
+            # RMNet's PReLU form = our clamps without the cap at 6 on the ReLU6 channels.
+            for m in plain64.modules():
+                if isinstance(m, ChannelClamp):
+                    m.upper.fill_(float("inf"))
+            out["uncapped_fp64_rel_max"] = rel_max(y64, plain64(x.double()))
+    return out
+
+
 def latency(
     models: dict[str, nn.Module], batch: int, size: int, runs: int, warmup: int
 ) -> dict[str, float]:
@@ -133,6 +162,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--drift", action="store_true", help="also measure conversion error")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--rmnet-form-latency",
         action="store_true",
@@ -162,6 +193,24 @@ def main() -> None:
                 f"| {name} | {form} | {v['params'] / 1e6:.2f} M | {v['conv_params'] / 1e6:.2f} M | "
                 f"{v['macs'] / 1e9:.3f} G | {v['convs']} | {v['params'] / base['params']:.2f} | "
                 f"{v['conv_params'] / base['conv_params']:.2f} | {v['macs'] / base['macs']:.2f} |"
+            )
+    if args.drift:
+        print(f"\n## Conversion error at {args.size}x{args.size}, batch 4, worst over seeds\n")
+        print(
+            "| model | fp64 plain vs source | fp32 source vs fp64 | fp32 plain vs fp64 | "
+            "plain/source | PReLU-style (no cap), fp64 |"
+        )
+        print("|---|---|---|---|---|---|")
+        for name in args.models:
+            runs = [drift(name, args.size, seed) for seed in args.seeds]
+            report["models"][name]["drift"] = runs
+            worst = {k: max(r[k] for r in runs) for k in runs[0]}
+            ratio = max(r["fp32_deploy_rel_max"] / r["fp32_train_rel_max"] for r in runs)
+            uncapped = worst.get("uncapped_fp64_rel_max")
+            print(
+                f"| {name} | {worst['fp64_rel_max']:.1e} | {worst['fp32_train_rel_max']:.1e} | "
+                f"{worst['fp32_deploy_rel_max']:.1e} | {ratio:.2f} | "
+                f"{'-' if uncapped is None else f'{uncapped:.2f}'} |"
             )
     if args.no_latency:
         return _write(args.json, report)

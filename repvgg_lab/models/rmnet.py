@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +99,9 @@ def _layer(spec: PlainConv, like: Tensor, pool: nn.Module | None = None) -> Plai
 
 
 def _plain_net(
-    stem: PlainLayer, body: list[PlainConv], fc: nn.Linear, like: Tensor, training: bool
+    stem: PlainLayer, body: Iterable[PlainConv], fc: nn.Linear, like: Tensor, training: bool
 ) -> PlainNet:
+    # `body` may be a generator: each float64 kernel is freed once rounded into its layer.
     layers = [stem, *(_layer(spec, like) for spec in body)]
     with torch.device("meta"):  # the head's own fc is replaced at once: skip its random init
         head = Head(fc.in_features, fc.out_features)
@@ -200,7 +201,7 @@ class RMResNet(ResNet):
         stem = _layer(
             _fold(self.conv1, self.bn1, self.relu, "conv1"), like, copy.deepcopy(self.maxpool)
         )
-        body = [spec for name, b in self._blocks() for spec in self._block_math(name, b, grouped)]
+        body = (spec for name, b in self._blocks() for spec in self._block_math(name, b, grouped))
         return _plain_net(stem, body, self.fc, like, self.training)
 
 
