@@ -54,10 +54,11 @@ def _fold(conv: nn.Conv2d, bn: nn.Module | None, act: nn.Module | None, where: s
         conv.dilation != (1, 1)
         or conv.padding != (k // 2, k // 2)
         or conv.stride[0] != conv.stride[1]
+        or conv.padding_mode != "zeros"
     ):
         raise RMConversionError(
-            f"{where}: needs dilation 1, padding k//2 and equal strides (got dilation "
-            f"{conv.dilation}, padding {conv.padding}, stride {conv.stride})"
+            f"{where}: needs dilation 1, zero padding k//2 and equal strides (got dilation "
+            f"{conv.dilation}, padding {conv.padding} {conv.padding_mode}, stride {conv.stride})"
         )
     if bn is not None and not isinstance(bn, _BatchNorm):
         raise RMConversionError(
@@ -106,6 +107,7 @@ def _plain_net(
     with torch.device("meta"):  # the head's own fc is replaced at once: skip its random init
         head = Head(fc.in_features, fc.out_features)
     head.fc = copy.deepcopy(fc)
+    log.info("RM conversion: %d plain layers", len(layers))
     return PlainNet(layers, head).train(training)
 
 
