@@ -114,10 +114,12 @@ def bypass(
     Grouped form (the default): x travels through extra groups of the conv's own group size, a
     grouped Dirac, so it costs reserved * group_size * k^2 per pixel instead of the dense
     (reserved + C)^2 * k^2 of a single dense conv. Falls back to that dense block-diagonal form
-    when `grouped` is False or `reserved` is not a multiple of the group size."""
+    when `grouped` is False, `reserved` is not a multiple of the group size, or the conv's groups
+    are not square (a grouped conv needs the same in/out width in every group)."""
     per_group = conv.kernel.shape[1]
     lo, hi = _reserved_bounds(reserved, nonnegative_input)
-    if grouped and reserved % per_group == 0:
+    square = conv.out_channels == conv.in_channels
+    if grouped and square and reserved % per_group == 0:
         kernel = torch.cat(
             [_dirac(reserved, conv.kernel, conv.size, reserved // per_group), conv.kernel]
         )

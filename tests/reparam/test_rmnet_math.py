@@ -292,3 +292,10 @@ def test_bypass_passes_reserved_channels_through_grouped_and_dense():
         layer = bypass(conv, 6, grouped=grouped)
         assert layer.groups == groups
         assert rel_max(expected, run_chain([layer], x)) <= 1e-14
+    # A depthwise conv with channel multiplier 2 (4 -> 8): groups are not square, so dense.
+    widening = folded(_kernel(8, 1, 3, g), _stats(8, g), groups=4)
+    x = torch.randn(1, 6 + 4, 5, 5, dtype=torch.float64)
+    layer = bypass(widening, 6)
+    assert layer.groups == 1
+    expected = torch.cat([x[:, :6], run_chain([widening], x[:, 6:])], dim=1)
+    assert rel_max(expected, run_chain([layer], x)) <= 1e-14
