@@ -68,19 +68,17 @@ def test_state_dict_is_torchvisions(name):
     assert [(k, v.shape) for k, v in ours.items()] == [(k, v.shape) for k, v in theirs.items()]
 
 
-@pytest.mark.parametrize(
-    "name", _params(["rmnet_resnet18", "rmnet_mobilenet_v2", "rmnet_resnet50"])
-)
+@pytest.mark.parametrize("name", ["rmnet_resnet18", "rmnet_mobilenet_v2", "rmnet_resnet50"])
 def test_torchvision_weights_load_and_convert(name):
     """A (random, BN-randomised) torchvision state dict loads strictly, gives torchvision's exact
-    logits, and the converted plain net matches them."""
+    logits, and converts: the plain net is as close to the float64 truth as torchvision's."""
     tv = trained_like(getattr(torchvision.models, name.removeprefix("rmnet_"))(weights=None))
     ours = load_pretrained(create_model(name), tv.state_dict()).eval()
     x = _images(2, 7)
     with torch.no_grad():
         assert torch.equal(ours(x), tv(x))
-        plain = reparameterize(ours.double())
-        assert rel_max(tv.double()(x.double()), plain(x.double())) <= 1e-12
+    report = measure_drift(tv, reparameterize(ours), x)
+    assert report.deploy_rel_max <= 3 * report.train_rel_max
 
 
 @pytest.mark.parametrize("name", _params(NAMES))
