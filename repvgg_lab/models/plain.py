@@ -6,6 +6,7 @@ RMNet conversions produce it directly, pruning reads and writes it, and `PlainNe
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -43,9 +44,9 @@ def activation_bounds(act: nn.Module, channels: int) -> tuple[Tensor, Tensor]:
         lo, hi = -inf, inf
     else:
         raise TypeError(f"{type(act).__name__} is not a per-channel clamp activation")
-    return torch.full((channels,), lo, dtype=torch.float64), torch.full(
-        (channels,), hi, dtype=torch.float64
-    )
+    # Bounds are structural constants: keep them on the CPU even under a default-device context.
+    kw = {"dtype": torch.float64, "device": "cpu"}
+    return torch.full((channels,), lo, **kw), torch.full((channels,), hi, **kw)
 
 
 def make_activation(lower: Tensor, upper: Tensor) -> nn.Module:
@@ -85,6 +86,10 @@ class PlainNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
+
+    def to_plain(self) -> PlainNet:
+        """Already plain: a copy (lets `reparameterize` treat a PlainNet as converted)."""
+        return copy.deepcopy(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

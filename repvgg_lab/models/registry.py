@@ -9,13 +9,14 @@ from torch import nn
 
 from repvgg_lab.errors import InputError
 from repvgg_lab.models.repvgg import REPVGG_VARIANTS
+from repvgg_lab.models.rmnet import RMNET_VARIANTS
 
 
 class ModelConfig(Protocol):
     def build(self, num_classes: int = 1000, deploy: bool = False, **kwargs: Any) -> nn.Module: ...
 
 
-MODELS: dict[str, ModelConfig] = {**REPVGG_VARIANTS}
+MODELS: dict[str, ModelConfig] = {**REPVGG_VARIANTS, **RMNET_VARIANTS}
 
 
 class UnknownModelError(InputError):

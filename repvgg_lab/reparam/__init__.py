@@ -9,12 +9,13 @@ from repvgg_lab.reparam.drift import (
     top1_agree,
     underflow_fraction,
 )
-from repvgg_lab.reparam.kernels import identity_kernel, merge, pad_to
+from repvgg_lab.reparam.kernels import block_diagonal, identity_kernel, merge, pad_to, ungroup
 from repvgg_lab.reparam.repvgg import repvgg_kernel_bias
 
 __all__ = [
     "FUSE_DTYPE",
     "BNStats",
+    "block_diagonal",
     "compare",
     "fuse_conv_bn",
     "identity_kernel",
@@ -25,5 +26,6 @@ __all__ = [
     "repvgg_kernel_bias",
     "tolerance",
     "top1_agree",
+    "ungroup",
     "underflow_fraction",
 ]

@@ -43,3 +43,28 @@ def merge(*pairs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         kernel = kernel + k
         bias = bias + b
     return kernel, bias
+
+
+def block_diagonal(*kernels: Tensor) -> Tensor:
+    """Dense kernel of convs run side by side: kernel i maps input block i to output block i."""
+    if not kernels:
+        raise ValueError("block_diagonal needs at least one kernel")
+    sizes = {k.shape[-2:] for k in kernels}
+    if len(sizes) != 1:
+        raise ValueError(f"kernels differ in spatial size: {sorted(tuple(s) for s in sizes)}")
+    first = kernels[0]
+    rows = sum(k.shape[0] for k in kernels)
+    cols = sum(k.shape[1] for k in kernels)
+    out = first.new_zeros((rows, cols, *first.shape[-2:]))
+    r = c = 0
+    for k in kernels:
+        out[r : r + k.shape[0], c : c + k.shape[1]] = k
+        r, c = r + k.shape[0], c + k.shape[1]
+    return out
+
+
+def ungroup(kernel: Tensor, groups: int) -> Tensor:
+    """The dense (groups=1) kernel computing the same conv as `kernel` with `groups` groups."""
+    if kernel.shape[0] % groups:
+        raise ValueError(f"{kernel.shape[0]} output channels are not divisible by groups={groups}")
+    return block_diagonal(*kernel.chunk(groups, dim=0)) if groups > 1 else kernel
