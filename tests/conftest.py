@@ -13,7 +13,8 @@ from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: test tensors are tiny, and OpenMP barriers dominate on a shared CPU.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
