@@ -163,7 +163,8 @@ def _finish_loggers(loggers: list[Any], metrics: dict[str, float]) -> None:
 
 def _run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        log.info("seed %d", cfg.seed)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     output_dir = Path(cfg.output_dir)
