@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,14 +70,27 @@ def _load_file(path: Path) -> Any:
         # so a checkpoint can never execute code on load.
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
         raise CheckpointError(
             f"{path}: refused to unpickle an object that is not a tensor or plain container "
-            f"(the file may try to run code): {first}"
+            f"(the file may try to run code): {_unpickling_reason(err)}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # the restricted unpickler raises KeyError etc. on arbitrary bytes
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+
+
+# Boilerplate lines of torch's weights-only error; one of them advises weights_only=False, the
+# very thing a loader of untrusted files must not suggest.
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _unpickling_reason(err: Exception) -> str:
+    """The informative line of torch's weights-only error (e.g. the blocked GLOBAL)."""
+    for line in str(err).splitlines():
+        line = line.strip()
+        if line and not line.startswith(_TORCH_BOILERPLATE):
+            return line
+    return "unsupported object"
 
 
 def _plain(obj: Any) -> Any:
