@@ -79,18 +79,13 @@ def _load_file(path: Path) -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
 
 
-# Boilerplate lines of torch's weights-only error; one of them advises weights_only=False, the
-# very thing a loader of untrusted files must not suggest.
-_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
-
-
 def _unpickling_reason(err: Exception) -> str:
-    """The informative line of torch's weights-only error (e.g. the blocked GLOBAL)."""
-    for line in str(err).splitlines():
-        line = line.strip()
-        if line and not line.startswith(_TORCH_BOILERPLATE):
-            return line
-    return "unsupported object"
+    """What torch's weights-only unpickler refused (a GLOBAL or an opcode), without the rest of
+    its message, which advises weights_only=False: the one thing not to do with untrusted files."""
+    match = re.search(r"GLOBAL ([\w.]+)|Unsupported operand \d+", str(err))
+    if match is None:
+        return "unsupported object"
+    return f"blocked global {match[1]}" if match[1] else match[0].lower()
 
 
 def _plain(obj: Any) -> Any:
