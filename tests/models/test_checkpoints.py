@@ -248,46 +248,45 @@ def test_refusal_names_the_blocked_call_without_advising_unsafe_loading(tmp_path
     assert "weights_only" not in message and "\n" not in message
 
 
-def _truncated(tmp_path, source):
-    torch.save(source.state_dict(), tmp_path / "full.pth")
-    data = (tmp_path / "full.pth").read_bytes()
-    (tmp_path / "bad").write_bytes(data[: len(data) // 2])
-    return tmp_path / "bad"
+def _bad_file(kind: str, folder, source):
+    """Write one kind of broken checkpoint into `folder`; returns its path."""
+    path = folder / "bad.pth"
+    if kind == "truncated":
+        torch.save(source.state_dict(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "text":
+        path.write_text("epoch,loss\n1,0.5\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "bad_safetensors":
+        path = folder / "bad.safetensors"
+        path.write_bytes(b"\x08\x00junk")
+    elif kind == "bare_tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "no_tensors":
+        torch.save({"epoch": 3, "lr": 0.1}, path)
+    elif kind == "missing":
+        path = folder / "missing.pth"
+    elif kind == "directory":
+        path = folder
+    return path
 
 
 @pytest.mark.parametrize(
-    ("make", "match"),
+    ("kind", "match"),
     [
-        (_truncated, "not a readable PyTorch checkpoint"),
-        (
-            lambda p, s: (p / "bad").write_text("epoch,loss\n1,0.5\n") and p / "bad",
-            "not a readable",
-        ),
-        (lambda p, s: (p / "bad").write_bytes(b"") == 0 and p / "bad", "not a readable"),
-        (
-            lambda p, s: (
-                (p / "bad.safetensors").write_bytes(b"\x08\x00junk") and p / "bad.safetensors"
-            ),
-            "not a readable safetensors",
-        ),
-        (lambda p, s: torch.save(torch.zeros(3), p / "bad") or p / "bad", "expected a dict"),
-        (lambda p, s: torch.save({"epoch": 3, "lr": 0.1}, p / "bad") or p / "bad", "no tensors"),
-        (lambda p, s: p / "missing.pth", "not found"),
-        (lambda p, s: p, "directory"),
-    ],
-    ids=[
-        "truncated",
-        "text",
-        "empty",
-        "bad_safetensors",
-        "bare_tensor",
-        "no_tensors",
-        "missing",
-        "directory",
+        ("truncated", "not a readable PyTorch checkpoint"),
+        ("text", "not a readable PyTorch checkpoint"),
+        ("empty", "not a readable PyTorch checkpoint"),
+        ("bad_safetensors", "not a readable safetensors file"),
+        ("bare_tensor", "expected a dict of tensors, found Tensor"),
+        ("no_tensors", "no tensors found"),
+        ("missing", "not found"),
+        ("directory", "is a directory"),
     ],
 )
-def test_bad_files_are_one_clear_checkpoint_error(make, match, source, fresh, tmp_path) -> None:
-    path = make(tmp_path, source)
+def test_bad_files_are_one_clear_checkpoint_error(kind, match, source, fresh, tmp_path) -> None:
+    path = _bad_file(kind, tmp_path, source)
     with pytest.raises(CheckpointError, match=match) as info:
         load_pretrained(fresh, path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
