@@ -47,11 +47,12 @@ def _nets(name: str) -> tuple[nn.Module, nn.Module]:
     return ours, theirs
 
 
-def _timed(convert: Callable[[], nn.Module]) -> tuple[float, nn.Module]:
+def _timed(convert: Callable[[], nn.Module]) -> tuple[float, float, nn.Module]:
+    """(wall seconds, process CPU seconds, result) of one call."""
     gc.collect()  # the previous round's copies must not be freed inside the timed call
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     result = convert()
-    return time.perf_counter() - start, result
+    return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
 def _kernel_gap(ours: nn.Module, theirs: nn.Module) -> float:
@@ -70,15 +71,17 @@ def bench_conversion(
         "timm": lambda: reparameterize_model(timm_net, inplace=False),
     }
     times: dict[str, list[float]] = {"ours": [], "timm": []}
+    cpu: dict[str, list[float]] = {"ours": [], "timm": []}
     gap = float("nan")
     with torch.no_grad():
         for i in range(warmup + rounds):
             order = ("ours", "timm") if i % 2 == 0 else ("timm", "ours")
             results = {}
             for kind in order:
-                seconds, results[kind] = _timed(converters[kind])
+                seconds, cpu_seconds, results[kind] = _timed(converters[kind])
                 if i >= warmup:
                     times[kind].append(seconds)
+                    cpu[kind].append(cpu_seconds)
             if i == 0:  # we time real, equivalent conversions
                 gap = _kernel_gap(results["ours"], results["timm"])
             del results
@@ -92,6 +95,9 @@ def bench_conversion(
         f"{prefix}/ratio_vs_timm": statistics.median(ratios),
         f"{prefix}/ours_min_s": min(times["ours"]),
         f"{prefix}/timm_min_s": min(times["timm"]),
+        # CPU seconds (all threads): steadier than wall time when other jobs share the cores.
+        f"{prefix}/ours_cpu_s": statistics.median(cpu["ours"]),
+        f"{prefix}/timm_cpu_s": statistics.median(cpu["timm"]),
         f"{prefix}/kernel_rel_diff": gap,
     }
 
@@ -101,7 +107,16 @@ def _table(results: dict[str, float], names: list[str], rounds: int) -> Table:
         title=f"Conversion time, fp32 CPU, {torch.get_num_threads()} threads, "
         f"median of {rounds} interleaved rounds"
     )
-    for column in ("model", "ours s", "timm s", "ours/timm", "min ours s", "min timm s", "gap"):
+    columns = (
+        "model",
+        "ours s",
+        "timm s",
+        "ours/timm",
+        "min ours/timm s",
+        "cpu ours/timm s",
+        "gap",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for name in names:
         r = {k.rsplit("/", 1)[1]: v for k, v in results.items() if k.startswith(f"convert/{name}/")}
@@ -110,8 +125,8 @@ def _table(results: dict[str, float], names: list[str], rounds: int) -> Table:
             f"{r['ours_s']:.3f}",
             f"{r['timm_s']:.3f}",
             f"{r['ratio_vs_timm']:.2f}x",
-            f"{r['ours_min_s']:.3f}",
-            f"{r['timm_min_s']:.3f}",
+            f"{r['ours_min_s']:.3f} / {r['timm_min_s']:.3f}",
+            f"{r['ours_cpu_s']:.3f} / {r['timm_cpu_s']:.3f}",
             f"{r['kernel_rel_diff']:.1e}",
         )
     table.caption = "gap: largest relative difference between the two converters' fused kernels"
