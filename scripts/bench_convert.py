@@ -36,11 +36,15 @@ from repvgg_lab.reparam import rel_max
 log = logging.getLogger("bench_convert")
 
 
-def _nets(name: str) -> tuple[nn.Module, nn.Module]:
-    """Our multi-branch net and timm's, holding the same weights, in eval mode."""
+def _require_in_timm(name: str) -> None:
     if name not in timm.list_models("repvgg*"):
         known = ", ".join(timm.list_models("repvgg*"))
         raise ValueError(f"timm has no {name!r} to compare with; choose from {known}")
+
+
+def _nets(name: str) -> tuple[nn.Module, nn.Module]:
+    """Our multi-branch net and timm's, holding the same weights, in eval mode."""
+    _require_in_timm(name)
     ours = randomize_bn(create_model(name), seed=0).eval()
     theirs = timm.create_model(name).eval()
     theirs.load_state_dict(ours.state_dict())
@@ -135,12 +139,19 @@ def _table(results: dict[str, float], names: list[str], rounds: int) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["repvgg_b3"], help="registry names")
+    parser.add_argument(
+        "--models", nargs="+", default=["repvgg_b3"], help="RepVGG names timm has too"
+    )
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
     args = parser.parse_args()
+    try:
+        for name in args.models:
+            _require_in_timm(name)
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 
