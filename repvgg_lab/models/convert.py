@@ -31,10 +31,9 @@ def convertible_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _has_plain_blocks(model: nn.Module) -> bool:
-    return any(
-        callable(getattr(m, "to_plain", None)) and getattr(m, "deploy", False)
-        for m in model.modules()
-    )
+    # Any module flagged deploy=True counts: converted blocks and whole plain nets (PlainNet,
+    # which RMNet conversion produces) alike, so converting them again is a no-op, not an error.
+    return any(getattr(m, "deploy", False) is True for m in model.modules())
 
 
 def reparameterize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
