@@ -35,12 +35,3 @@ def trained() -> Callable[..., nn.Module]:
 def truth() -> Callable[[nn.Module, Tensor], Tensor]:
     """truth(model, x): float64 evaluation of a copy of model."""
     return _truth
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small inputs: one thread avoids OpenMP hand-offs, which dominate on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -19,17 +19,6 @@ from repvgg_lab.models.plain import ChannelClamp, PlainLayer, PlainNet
 from repvgg_lab.models.rmnet import RMConversionError, RMResNet
 from repvgg_lab.reparam import rel_max, tolerance
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: with several threads, OpenMP barriers dominate, and on a shared CPU
-    each one waits for a descheduled thread (measured: 60x slower MobileNetV2 at 64x64)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SIZE = 64
 NAMES = ["rmnet_resnet18", "rmnet_resnet34", "rmnet_resnet50", "rmnet_mobilenet_v2"]
 

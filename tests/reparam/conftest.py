@@ -58,12 +58,3 @@ def random_stats() -> Callable[..., BNStats]:
 def bn_eval() -> Callable[[Tensor, BNStats], Tensor]:
     """bn_eval(x, stats): eval-mode BN of x in float64."""
     return _bn_eval
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tensors here are tiny: one thread avoids OpenMP hand-offs, which dominate on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

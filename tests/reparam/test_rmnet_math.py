@@ -20,17 +20,6 @@ from repvgg_lab.reparam.rmnet import (
     tap,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: with several threads, OpenMP barriers dominate, and on a shared CPU
-    each one waits for a descheduled thread (measured: 60x slower MobileNetV2 at 64x64)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FAST = settings(max_examples=25, deadline=None)
 DTYPES = st.sampled_from([torch.float64, torch.float32])
 
