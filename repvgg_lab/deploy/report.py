@@ -8,15 +8,9 @@ from rich.console import Group
 from rich.table import Table
 
 from repvgg_lab.models import DriftReport
+from repvgg_lab.models.drift import METRIC_NAMES
 
-DRIFT_KEYS = (
-    "drift/max_abs",
-    "drift/rel_max",
-    "drift/top1_agree",
-    "drift/vs_fp64/train_rel_max",
-    "drift/vs_fp64/deploy_rel_max",
-    "drift/underflow_frac",
-)
+DRIFT_KEYS = tuple(f"drift/{name}" for name in METRIC_NAMES)
 # Drift metrics that compare against the multi-branch net; undefined for a plain checkpoint.
 _SOURCE_ONLY = {
     k for k in DRIFT_KEYS if k != "drift/vs_fp64/deploy_rel_max" and "underflow" not in k

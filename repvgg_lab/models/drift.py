@@ -17,6 +17,17 @@ from repvgg_lab.reparam import compare, rel_max, underflow_fraction
 log = logging.getLogger(__name__)
 
 
+# Stable metric name (after the "drift/" prefix) -> DriftReport field.
+METRIC_NAMES = {
+    "max_abs": "max_abs",
+    "rel_max": "rel_max",
+    "top1_agree": "top1_agree",
+    "vs_fp64/train_rel_max": "train_rel_max",
+    "vs_fp64/deploy_rel_max": "deploy_rel_max",
+    "underflow_frac": "underflow_frac",
+}
+
+
 @dataclass
 class DriftReport:
     """Drift of a converted net, all on the same input batch.
@@ -42,14 +53,7 @@ class DriftReport:
 
     def metrics(self, prefix: str = "drift/", per_block: bool = False) -> dict[str, float]:
         """Flat metrics under the stable names (drift/max_abs, drift/vs_fp64/..., ...)."""
-        out = {
-            f"{prefix}max_abs": self.max_abs,
-            f"{prefix}rel_max": self.rel_max,
-            f"{prefix}top1_agree": self.top1_agree,
-            f"{prefix}vs_fp64/train_rel_max": self.train_rel_max,
-            f"{prefix}vs_fp64/deploy_rel_max": self.deploy_rel_max,
-            f"{prefix}underflow_frac": self.underflow_frac,
-        }
+        out = {f"{prefix}{name}": getattr(self, attr) for name, attr in METRIC_NAMES.items()}
         if per_block:
             for name, values in self.blocks.items():
                 out.update({f"{prefix}block/{name}/{k}": v for k, v in values.items()})

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,31 +16,12 @@ from repvgg_lab.models import create_model
 from repvgg_lab.models.init import randomize_bn
 from repvgg_lab.models.plain import ChannelClamp, PlainLayer, PlainNet
 from repvgg_lab.models.repvgg import Head
+from tests.helpers.cli import run_script
+from tests.helpers.contract import official_names
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 10
 SIZE = 32  # input size of every test deploy: a0 at 32x32 costs ~30 MMACs per image
-
-# Our (timm's) key names -> the official RepVGG code's names, the inverse of the loader's map.
-OURS_TO_OFFICIAL = [
-    (r"^stem\.", "stage0."),
-    (r"^stages\.(\d)\.(\d+)\.", lambda m: f"stage{int(m[1]) + 1}.{m[2]}."),
-    (r"\.conv_kxk\.", ".rbr_dense."),
-    (r"\.conv_1x1\.", ".rbr_1x1."),
-    (r"\.identity\.", ".rbr_identity."),
-    (r"\.reparam_conv\.", ".rbr_reparam."),
-    (r"^head\.fc\.", "linear."),
-]
-
-
-def official_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict renamed the way DingXiaoH/RepVGG checkpoints name it."""
-    renamed = {}
-    for key, value in state.items():
-        for pattern, repl in OURS_TO_OFFICIAL:
-            key = re.sub(pattern, repl, key)
-        renamed[key] = value
-    return renamed
 
 
 def trained_like(name: str = "repvgg_a0", seed: int = 0, **kwargs: Any) -> nn.Module:
@@ -87,15 +65,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python deploy.py ARGS` as a user runs it, from the repository root."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "deploy.py", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_script("deploy.py", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,11 @@ from safetensors.torch import load_file
 from repvgg_lab.deploy import deploy
 from repvgg_lab.models import create_model, load_pretrained
 from repvgg_lab.reparam import rel_max
+from tests.helpers.contract import DRIFT_METRICS
 
 FILES = ("model.onnx", "model.pt2", "model.safetensors", "metrics.json", "report.json")
 DESIGN_NAMES = (
-    "drift/max_abs",
-    "drift/rel_max",
-    "drift/top1_agree",
-    "drift/vs_fp64/train_rel_max",
-    "drift/vs_fp64/deploy_rel_max",
-    "drift/underflow_frac",
+    *DRIFT_METRICS,
     "params/train",
     "params/deploy",
     "macs/train",

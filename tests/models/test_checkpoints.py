@@ -19,29 +19,10 @@ from repvgg_lab.models import (
     reparameterize,
 )
 from repvgg_lab.models.checkpoints import OFFICIAL_TO_OURS
+from tests.helpers.contract import official_names
 
 # The inverse of OFFICIAL_TO_OURS, written out independently: our (timm) names -> the official
 # DingXiaoH/RepVGG names.
-OURS_TO_OFFICIAL = [
-    (r"^stem\.", "stage0."),
-    (r"^stages\.(\d+)\.(\d+)\.", lambda m: f"stage{int(m[1]) + 1}.{m[2]}."),
-    (r"\.conv_kxk\.", ".rbr_dense."),
-    (r"\.conv_1x1\.", ".rbr_1x1."),
-    (r"\.identity\.", ".rbr_identity."),
-    (r"\.reparam_conv\.", ".rbr_reparam."),
-    (r"\.attn\.fc1\.", ".se.down."),
-    (r"\.attn\.fc2\.", ".se.up."),
-    (r"^head\.fc\.", "linear."),
-]
-
-
-def _official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    renamed = {}
-    for key, value in state.items():
-        for pattern, repl in OURS_TO_OFFICIAL:
-            key = re.sub(pattern, repl, key)
-        renamed[key] = value
-    return renamed
 
 
 @pytest.fixture
@@ -65,7 +46,7 @@ def _assert_loaded(model, source) -> None:
 def test_inverse_map_round_trips_through_the_official_one(source) -> None:
     # Guards the test fixture itself: official -> ours must undo ours -> official exactly.
     for key in source.state_dict():
-        official = _official({key: None}).popitem()[0]
+        official = official_names({key: None}).popitem()[0]
         back = official
         for pattern, repl in OFFICIAL_TO_OURS:
             back = re.sub(pattern, repl, back)
@@ -73,7 +54,7 @@ def test_inverse_map_round_trips_through_the_official_one(source) -> None:
 
 
 def test_official_train_form_names(source, fresh) -> None:
-    official = _official(source.state_dict())
+    official = official_names(source.state_dict())
     # The names of the official code, as its checkpoints spell them.
     for key in (
         "stage0.rbr_dense.conv.weight",
@@ -90,7 +71,7 @@ def test_official_train_form_names(source, fresh) -> None:
 
 def test_official_deploy_form_names(source) -> None:
     plain = reparameterize(source)
-    official = _official(plain.state_dict())
+    official = official_names(plain.state_dict())
     assert "stage0.rbr_reparam.weight" in official and "stage4.0.rbr_reparam.bias" in official
     model = create_model("repvgg_a0", num_classes=10, deploy=True)
     _assert_loaded(load_pretrained(model, official), plain)
@@ -98,7 +79,7 @@ def test_official_deploy_form_names(source) -> None:
 
 def test_official_se_names(trained) -> None:
     source = trained("repvgg_a0", se=True)
-    official = _official(source.state_dict())
+    official = official_names(source.state_dict())
     assert "stage2.3.se.down.weight" in official and "stage2.3.se.up.bias" in official
     _assert_loaded(
         load_pretrained(create_model("repvgg_a0", num_classes=10, se=True), official), source
@@ -124,7 +105,7 @@ def test_returns_the_model_it_was_given(source, fresh) -> None:
         lambda sd: {"state_dict": sd},
         lambda sd: {"model": sd},
         lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3},
-        lambda sd: {"model": _official({f"module.{k}": v for k, v in sd.items()})},
+        lambda sd: {"model": official_names({f"module.{k}": v for k, v in sd.items()})},
     ],
     ids=["module_prefix", "state_dict_wrapper", "model_wrapper", "both", "official_in_model"],
 )
@@ -158,7 +139,7 @@ def test_safetensors_file(source, fresh, tmp_path) -> None:
     save_file(source.state_dict(), str(path))
     _assert_loaded(load_pretrained(fresh, path), source)
     plain = reparameterize(source)
-    save_file(_official(plain.state_dict()), str(tmp_path / "deploy.safetensors"))
+    save_file(official_names(plain.state_dict()), str(tmp_path / "deploy.safetensors"))
     deploy = create_model("repvgg_a0", num_classes=10, deploy=True)
     _assert_loaded(load_pretrained(deploy, tmp_path / "deploy.safetensors"), plain)
 
@@ -167,7 +148,7 @@ def test_safetensors_file(source, fresh, tmp_path) -> None:
 def test_deploy_checkpoint_into_train_model_says_deploy_true(source, fresh, official) -> None:
     state = reparameterize(source).state_dict()
     with pytest.raises(CheckpointError, match="deploy=True"):
-        load_pretrained(fresh, _official(state) if official else state)
+        load_pretrained(fresh, official_names(state) if official else state)
 
 
 def test_train_checkpoint_into_deploy_model_says_reparameterize(source) -> None:

@@ -10,15 +10,9 @@ import torch
 from repvgg_lab.models import RepVGGBlock, create_model, measure_drift, reparameterize
 from repvgg_lab.models.init import bn_gamma
 from repvgg_lab.reparam import tolerance
+from tests.helpers.contract import DRIFT_METRICS
 
-METRICS = {
-    "drift/max_abs",
-    "drift/rel_max",
-    "drift/top1_agree",
-    "drift/vs_fp64/train_rel_max",
-    "drift/vs_fp64/deploy_rel_max",
-    "drift/underflow_frac",
-}
+METRICS = set(DRIFT_METRICS)
 BLOCK_METRICS = {"train_rel_max", "deploy_rel_max", "rel_max"}
 
 

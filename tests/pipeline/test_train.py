@@ -3,7 +3,6 @@
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,11 @@ import torch
 
 from repvgg_lab.models import create_model, load_pretrained, read_checkpoint, reparameterize
 from repvgg_lab.pipeline.train import train
+from tests.helpers.cli import run_script
+from tests.helpers.contract import DRIFT_METRICS
 from tests.helpers.wandb_records import summary
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIFT_KEYS = [
-    "drift/max_abs",
-    "drift/rel_max",
-    "drift/top1_agree",
-    "drift/vs_fp64/train_rel_max",
-    "drift/vs_fp64/deploy_rel_max",
-    "drift/underflow_frac",
-]
 SMALL = [
     "data.img_size=16",
     "data.batch_size=32",
@@ -46,7 +39,7 @@ def test_train_writes_metrics_wandb_summary_and_plain_weights(
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == pytest.approx(metrics)
     summary = wandb_summary(tmp_path)
-    for key in [*DRIFT_KEYS, "val/acc", "test/acc", "deploy/test/acc", "params/deploy"]:
+    for key in [*DRIFT_METRICS, "val/acc", "test/acc", "deploy/test/acc", "params/deploy"]:
         assert key in on_disk and key in summary, key
         assert summary[key] == pytest.approx(on_disk[key]), key
     assert on_disk["drift/top1_agree"] == 1.0
@@ -98,14 +91,7 @@ def test_missing_resume_checkpoint_is_a_one_line_error(compose_train, tmp_path, 
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "PATH": "/usr/bin:/bin"},
-    )
+    return run_script("train.py", *args, timeout=timeout)
 
 
 def test_cli_b2g4_on_an_imagenet_folder(imagenet_root: Path, tmp_path: Path) -> None:
@@ -165,7 +151,7 @@ def test_default_job_reaches_the_acceptance_numbers(tmp_path: Path) -> None:
     assert metrics["drift/top1_agree"] >= 0.999
     assert metrics["drift/vs_fp64/deploy_rel_max"] <= 1e-5
     assert abs(metrics["deploy/test/acc"] - metrics["test/acc"]) <= 1e-3
-    assert all(k in wandb_summary(tmp_path) for k in DRIFT_KEYS)
+    assert all(k in wandb_summary(tmp_path) for k in DRIFT_METRICS)
 
 
 @pytest.mark.slow
