@@ -10,6 +10,7 @@ import torch
 
 from repvgg_lab.deploy import DeployError, deploy
 from repvgg_lab.errors import InputError
+from repvgg_lab.reparam import rel_max
 
 FAST = {"batch_sizes": (), "verify_batch": 2}  # no latency rounds in these tests
 
@@ -183,3 +184,32 @@ def test_missing_imagenet_root_is_one_line(tmp_path, clamp_net_file, out_dir, un
     with pytest.raises(DeployError, match="verify.data=imagenet.*nowhere"):
         deploy(path, out_dir=out_dir, verify_data="imagenet", verify_root="/nowhere", **FAST)
     unchanged()
+
+
+def test_torchvision_resnet50_deploys_without_add_nodes(tmp_path) -> None:
+    """deploy.py ckpt=resnet50.pth model=rmnet_resnet50: a plain ONNX graph matching the source."""
+    import onnx
+    import onnxruntime as ort
+    import torchvision
+
+    from repvgg_lab.models.init import randomize_bn
+
+    source = randomize_bn(torchvision.models.resnet50(num_classes=10), seed=3).eval()
+    torch.save(source.state_dict(), tmp_path / "resnet50_torchvision.pth")
+    out = tmp_path / "out"
+    report = deploy(
+        tmp_path / "resnet50_torchvision.pth",
+        model="rmnet_resnet50",
+        out_dir=out,
+        input_size=64,
+        batch_sizes=[],
+    )
+    ops = {node.op_type for node in onnx.load(out / "model.onnx").graph.node}
+    assert "Add" not in ops and "BatchNormalization" not in ops and "Conv" in ops
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        truth = source.double()(x.double())
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert rel_max(truth, torch.from_numpy(y)) < 1e-4
+    assert report["metrics"]["drift/top1_agree"] == 1.0
