@@ -201,7 +201,7 @@ def test_torchvision_resnet50_deploys_without_add_nodes(tmp_path) -> None:
         tmp_path / "resnet50_torchvision.pth",
         model="rmnet_resnet50",
         out_dir=out,
-        input_size=64,
+        input_size=32,
         batch_sizes=[],
     )
     ops = {node.op_type for node in onnx.load(out / "model.onnx").graph.node}
