@@ -4,7 +4,8 @@
 
 Every run folder under SWEEP_DIR that holds a `metrics.json` becomes one row of
 `SWEEP_DIR/drift_table.csv`: `run`, `init`, `gamma`, `seed` (from the run's `.hydra/config.yaml`),
-`underflow` (the drift measurements whose float64 activations underflow their dtype), every
+`underflow` (the drift measurements whose float64 activations underflow their dtype),
+`zero_drift` (those whose end-to-end drift is exactly 0: the output lost the input), every
 `drift/*` metric under its stable name, and per-block summaries read from `drift_blocks.json`
 (`<prefix>/blocks/deploy_rel_max_median` and `..._max`: the plain net against float64, each block
 fed unit-scale input). Plots, also in SWEEP_DIR:
@@ -147,6 +148,16 @@ def underflowed(row: dict[str, Any]) -> list[str]:
     )
 
 
+def zero_drift(row: dict[str, Any]) -> list[str]:
+    """Prefixes whose plain net matches float64 exactly: the output has lost the input (e.g.
+    logits equal to the classifier bias), which says nothing about the conversion."""
+    suffix = "/vs_fp64/deploy_rel_max"
+    return sorted(
+        (k.removesuffix(suffix) for k, v in row.items() if k.endswith(suffix) and v == 0.0),
+        key=_prefix_rank,
+    )
+
+
 def collect_runs(sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[str, dict]]:
     """One row per run (settings, drift metrics, per-block summaries) and each run's blocks."""
     if not sweep_dir.is_dir():
@@ -170,6 +181,7 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[str, dict]
         run_blocks = _read_json(blocks_path) if blocks_path.is_file() else {}
         row.update(_block_summary(run_blocks))
         row["underflow"] = ";".join(underflowed(row))
+        row["zero_drift"] = ";".join(zero_drift(row))
         rows.append(row)
         blocks[name] = run_blocks
     if not rows:
@@ -196,7 +208,8 @@ def _num(value: Any) -> float:
 def columns(rows: list[dict[str, Any]]) -> list[str]:
     """Fixed leading columns, then every metric column any run has, in a stable order."""
     keys = {k for row in rows for k in row if k.startswith("drift/")}
-    return ["run", "init", "gamma", "seed", "underflow", *sorted(keys, key=_column_rank)]
+    lead = ["run", "init", "gamma", "seed", "underflow", "zero_drift"]
+    return [*lead, *sorted(keys, key=_column_rank)]
 
 
 def write_table(rows: list[dict[str, Any]], path: Path) -> list[str]:
@@ -393,7 +406,7 @@ SUMMARY = (
 def summary(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table of the headline numbers, one line per run."""
     shown = [(title, key) for title, key in SUMMARY if any(key in r for r in rows)]
-    head = ["gamma", "seed", *(t for t, _ in shown), "underflow"]
+    head = ["gamma", "seed", *(t for t, _ in shown), "underflow", "zero drift"]
     lines = [head]
     for row in rows:
         cells = [
@@ -401,7 +414,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
             "-" if row.get("seed") is None else str(row["seed"]),
         ]
         cells += ["-" if row.get(k) is None else f"{row[k]:.2e}" for _, k in shown]
-        cells.append(row["underflow"] or "-")
+        cells += [row["underflow"] or "-", row["zero_drift"] or "-"]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join(
@@ -432,8 +445,15 @@ def main(argv: list[str] | None = None) -> int:
         if row["underflow"]:
             print(
                 f"warning: {row['run']}: activations underflow in {row['underflow']}: that "
-                "end-to-end drift is an artefact (values fp32 cannot hold), read the per-block "
-                "columns",
+                "end-to-end drift is an artefact (values the dtype cannot hold); read the "
+                "per-block columns",
+                file=sys.stderr,
+            )
+        if row["zero_drift"]:
+            print(
+                f"note: {row['run']}: end-to-end drift is exactly 0 in {row['zero_drift']}: the "
+                "output no longer depends on the input's path through the net (logits = bias), "
+                "not a sign of exactness; read the per-block columns",
                 file=sys.stderr,
             )
     for name in (TABLE, PLOT_GAMMA, PLOT_BLOCKS):
