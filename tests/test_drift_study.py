@@ -304,7 +304,7 @@ def test_real_sweep_then_report(tmp_path: Path):
         "+trainer.limit_val_batches=1",
         "+trainer.limit_test_batches=1",
         "callbacks.reparameterize.drift_batch_size=8",
-        "callbacks.reparameterize.save=false",
+        "+callbacks.reparameterize.save=false",
         "callbacks.model_checkpoint=null",
         "callbacks.progress_bar=null",
         "logger=csv",
