@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from repvgg_lab import create_model
 from repvgg_lab.lit.callbacks import Reparameterize
 from repvgg_lab.models.drift import tf32
+from tests.helpers.wandb_records import records, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN_NAMES = [
@@ -307,7 +308,6 @@ def test_real_sweep_then_report(tmp_path: Path):
         "+callbacks.reparameterize.save=false",
         "callbacks.model_checkpoint=null",
         "callbacks.progress_bar=null",
-        "logger=csv",
         f"hydra.sweep.dir={sweep}",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
@@ -330,6 +330,15 @@ def test_real_sweep_then_report(tmp_path: Path):
         if not torch.cuda.is_available():
             assert not any(k.startswith("drift/tf32") for k in metrics)
             assert "tf32 skipped" in (run / "train.log").read_text()
+        # One W&B run per job (the sweep's default logger, offline), named after its point,
+        # finished (exit record) and holding the final metrics in its summary.
+        (wandb_run,) = run.glob("wandb/offline-run-*")
+        recs = records(next(wandb_run.glob("run-*.wandb")))
+        (info,) = [r.run for r in recs if r.HasField("run")]
+        assert info.display_name == run.name.split("_", 1)[1] and info.run_group == "gamma_drift"
+        assert [r.exit.exit_code for r in recs if r.HasField("exit")] == [0]
+        wandb_summary = summary(wandb_run)
+        assert wandb_summary["drift/init/underflow_frac"] == metrics["drift/init/underflow_frac"]
         blocks = json.loads((run / "drift_blocks.json").read_text())
         assert set(blocks) == {"drift", "drift/bfloat16", "drift/init", "drift/init/bfloat16"}
         assert "stem" in blocks["drift/init"]
