@@ -15,15 +15,39 @@ from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.evaluate import evaluate
 from repvgg_lab.models import count_macs, count_params, measure_drift, reparameterize
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
+from repvgg_lab.models.drift import tf32
 
 log = logging.getLogger(__name__)
+
+
+# Not a dtype: float32 evaluated with TF32 allowed in cuDNN convs and CUDA matmuls.
+TF32 = "tf32"
 
 
 def _dtype(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r} (use float32, bfloat16, float16 or float64)")
+        raise ValueError(
+            f"unknown dtype {name!r} (use float32, bfloat16, float16, float64 or tf32)"
+        )
     return dtype
+
+
+def _drift_modes(names: tuple[str, ...] | list[str]) -> list[tuple[str, torch.dtype, bool]]:
+    """(label, dtype, tf32) per configured drift dtype; the first one names the unprefixed
+    `drift/*` metrics, so it must be measurable on every machine (TF32 is CUDA-only)."""
+    modes = []
+    for name in names:
+        if name == TF32:
+            modes.append((TF32, torch.float32, True))
+        else:
+            dtype = _dtype(name)
+            modes.append((str(dtype).removeprefix("torch."), dtype, False))
+    if not modes:
+        raise ValueError("drift_dtypes is empty: give at least one dtype (e.g. [float32])")
+    if modes[0][2]:
+        raise ValueError("drift_dtypes must not start with tf32 (CUDA-only); put float32 first")
+    return modes
 
 
 class Reparameterize(pl.Callback):
@@ -31,9 +55,12 @@ class Reparameterize(pl.Callback):
     fixed validation batch against float64, evaluate the plain net on val and test
     (`deploy/*`), and save its weights as `plain.safetensors` in `output_dir`.
 
-    `drift_dtypes` beyond the first are logged as `drift/<dtype>/...`; with `at_init` the drift of
-    the untrained net is logged as `drift/init/...` too. Results stay in `self.metrics` and
-    `self.plain_net` for the pipeline (fine-tuning, pruning, metrics.json)."""
+    `drift_dtypes` beyond the first are logged as `drift/<dtype>/...`; `tf32` there means float32
+    with TF32 switched on (`drift/tf32/...`; every other check runs with TF32 off) and is skipped,
+    with a logged note, unless the net is on a CUDA device. With `at_init` the drift of the
+    untrained net is logged as `drift/init/...` too. Per-block results are written to
+    `drift_blocks.json`. Results stay in `self.metrics` and `self.plain_net` for the pipeline
+    (fine-tuning, pruning, metrics.json)."""
 
     def __init__(
         self,
@@ -46,7 +73,7 @@ class Reparameterize(pl.Callback):
     ) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
         self.drift_batch_size = drift_batch_size
-        self.drift_dtypes = [_dtype(d) for d in drift_dtypes]
+        self.drift_modes = _drift_modes(drift_dtypes)
         self.at_init = at_init
         self.evaluate_plain = evaluate_plain
         self.save = save
@@ -62,18 +89,25 @@ class Reparameterize(pl.Callback):
     ) -> tuple[dict[str, float], nn.Module]:
         """Drift metrics in every configured dtype; returns them and the plain net (first dtype)."""
         metrics: dict[str, float] = {}
-        first_plain: nn.Module | None = None
-        for i, dtype in enumerate(self.drift_dtypes):
-            # .to() is in place on modules: cast a copy so the trained net keeps its dtype.
-            source = net if next(net.parameters()).dtype == dtype else copy.deepcopy(net).to(dtype)
-            plain = reparameterize(source)
-            report = measure_drift(source, plain, inputs)
-            parts = ["drift", tag, "" if i == 0 else str(dtype).removeprefix("torch.")]
+        converted: dict[torch.dtype, tuple[nn.Module, nn.Module]] = {}
+        on_cuda = next(net.parameters()).device.type == "cuda"
+        for i, (label, dtype, with_tf32) in enumerate(self.drift_modes):
+            if with_tf32 and not on_cuda:
+                log.info("drift in tf32 skipped: TF32 exists only on CUDA and the net is on CPU")
+                continue
+            if dtype not in converted:
+                # .to() is in place on modules: cast a copy so the trained net keeps its dtype.
+                same = next(net.parameters()).dtype == dtype
+                source = net if same else copy.deepcopy(net).to(dtype)
+                converted[dtype] = (source, reparameterize(source))
+            source, plain = converted[dtype]
+            with tf32(with_tf32):
+                report = measure_drift(source, plain, inputs, allow_tf32=with_tf32)
+            parts = ["drift", tag, "" if i == 0 else label]
             prefix = "/".join(p for p in parts if p)
             metrics.update(report.metrics(prefix=prefix + "/"))
             self.blocks[prefix] = report.blocks
-            first_plain = first_plain or plain
-        assert first_plain is not None
+        first_plain = converted[self.drift_modes[0][1]][1]
         return metrics, first_plain
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -74,15 +74,20 @@ def evaluating(*modules: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def exact_fp32() -> Iterator[None]:
-    """Switch off TF32 (on by default for cuDNN convs) so fp32 means fp32 during a check."""
+def tf32(enabled: bool) -> Iterator[None]:
+    """TF32 on or off for CUDA matmuls and cuDNN convs for the duration (no effect on CPU)."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
     try:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def exact_fp32() -> contextlib.AbstractContextManager[None]:
+    """Switch off TF32 (on by default for cuDNN convs) so fp32 means fp32 during a check."""
+    return tf32(False)
 
 
 def _record_io(model: nn.Module, names: list[str]) -> tuple[dict[str, Tensor], list]:
