@@ -32,6 +32,15 @@ OFFICIAL_TO_OURS: list[tuple[str, str]] = [
 ]
 _WRAPPER_PREFIXES = ("module.", "net.", "model.", "_orig_mod.")
 _DEPLOY_MARKERS = (".reparam_conv.", ".rbr_reparam.")
+# A PlainNet (RMNet conversions, pruned nets) names its layers features.<i>.conv.
+_PLAIN_NET_KEY = re.compile(r"^features\.\d+\.conv\.")
+
+
+def _deploy_form(keys: Any) -> bool:
+    """True when state-dict keys belong to a plain (re-parameterized) net."""
+    return any(any(m in "." + k for m in _DEPLOY_MARKERS) or _PLAIN_NET_KEY.match(k) for k in keys)
+
+
 _MAX_LISTED = 6
 
 
@@ -54,7 +63,7 @@ class Checkpoint:
 
     @property
     def is_deploy(self) -> bool:
-        return any(any(m in "." + k for m in _DEPLOY_MARKERS) for k in self.state_dict)
+        return _deploy_form(self.state_dict)
 
 
 def _load_file(path: Path) -> Any:
@@ -183,7 +192,7 @@ def _listing(keys: list[str]) -> str:
 def check_compatible(model: nn.Module, ckpt: Checkpoint) -> None:
     """Raise one CheckpointError naming missing/unexpected keys and shape mismatches."""
     expected = model.state_dict()
-    model_deploy = any(any(m in "." + k for m in _DEPLOY_MARKERS) for k in expected)
+    model_deploy = _deploy_form(expected)
     if ckpt.is_deploy and not model_deploy:
         raise CheckpointError(
             "checkpoint holds a re-parameterized (deploy-form) net; create the model with "

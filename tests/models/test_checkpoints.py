@@ -271,3 +271,15 @@ def test_bad_files_are_one_clear_checkpoint_error(kind, match, source, fresh, tm
     with pytest.raises(CheckpointError, match=match) as info:
         load_pretrained(fresh, path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_plain_rmnet_weights_need_a_deploy_form_model() -> None:
+    plain = reparameterize(create_model("rmnet_resnet18", num_classes=10))
+    with pytest.raises(CheckpointError, match="deploy=True"):
+        load_pretrained(create_model("rmnet_resnet18", num_classes=10), plain.state_dict())
+    loaded = load_pretrained(
+        create_model("rmnet_resnet18", num_classes=10, deploy=True), plain.state_dict()
+    )
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), plain.eval()(x))
