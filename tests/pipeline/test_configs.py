@@ -91,7 +91,7 @@ def test_logger_and_callback_configs_instantiate(compose_train) -> None:
         assert any(isinstance(c, Reparameterize) for c in callbacks)
 
 
-@pytest.mark.parametrize("overlay", ["debug", "experiment"])
+@pytest.mark.parametrize("overlay", ["debug", "experiment", "prune", "sweep"])
 def test_overlays_compose_and_build(compose_train, overlay: str, tmp_path: Path) -> None:
     for option in options(overlay):
         if overlay == "experiment":
@@ -99,10 +99,14 @@ def test_overlays_compose_and_build(compose_train, overlay: str, tmp_path: Path)
             assert cfg.data._target_.endswith("ImageNetDataModule")
             assert cfg.trainer.max_epochs >= 100
             continue
-        cfg = compose_train(f"debug={option}", "logger=none")
+        cfg = compose_train(f"{overlay}={option}", "logger=none")
+        if overlay == "prune":
+            assert cfg.prune.enabled == (option != "none")
+            assert cfg.model.model_kwargs.get("gate", False) == (option != "none")
         with torch.device("meta"):
             parts = build(cfg)
         assert isinstance(parts["trainer"], pl.Trainer)
+        assert isinstance(parts["module"], ClassifierModule)
 
 
 def test_default_job_is_digits_repvgg_a0_with_offline_wandb(compose_train) -> None:
