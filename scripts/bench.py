@@ -273,11 +273,14 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def _load_bench_convert() -> Any:
     """scripts/bench_convert.py as a module (scripts/ is not a package)."""
+    if "bench_convert" in sys.modules:
+        return sys.modules["bench_convert"]
     path = Path(__file__).with_name("bench_convert.py")
     spec = importlib.util.spec_from_file_location("bench_convert", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_convert"] = module
     spec.loader.exec_module(module)
     return module
 
@@ -596,14 +599,21 @@ def _infer_fn(plain: nn.Module, s: Settings, device: torch.device, dtype: torch.
 
 
 @contextlib.contextmanager
-def _tf32_off() -> Iterator[None]:
-    """fp32 numbers must be fp32: TF32 would silently run the matmuls/convs at lower precision."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+def _gpu_flags() -> Iterator[None]:
+    """TF32 off (fp32 numbers must be fp32, not silently lower precision) and cuDNN autotuning
+    on (fixed shapes, as a user would set it for throughput)."""
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")
+    saved = [getattr(obj, name) for obj, name in flags]
+    saved_benchmark = torch.backends.cudnn.benchmark
+    for obj, name in flags:
+        setattr(obj, name, False)
+    torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        for (obj, name), value in zip(flags, saved, strict=True):
+            setattr(obj, name, value)
+        torch.backends.cudnn.benchmark = saved_benchmark
 
 
 def bench_gpu_section(s: Settings, run: Run, device: torch.device | str = "cuda") -> None:
@@ -612,7 +622,7 @@ def bench_gpu_section(s: Settings, run: Run, device: torch.device | str = "cuda"
     only exercises the code path."""
     device = torch.device(device)
     m = run.metrics
-    with _tf32_off(), run.window("gpu"):
+    with _gpu_flags(), run.window("gpu"):
         peaks = {
             name: matmul_peak_tflops(device, dtype, s.gpu_matmul_size, s.gpu_rounds)
             for name, dtype in (
