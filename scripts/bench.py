@@ -94,13 +94,17 @@ class Settings:
     latency_rounds: int = 15
     latency_warmup: int = 3
     compile_backend: str | None = "inductor"  # None: skip torch.compile
-    matmul_size: int = 2048
+    # Inductor's CPU inference setting: weights become constants, so convolutions get their
+    # weights pre-packed once (eager PyTorch re-lays them out on every call).
+    compile_freezing: bool = True
+    matmul_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
     train_model: str = "repvgg_a0"
     train_size: int = 32
     train_batch: int = 64
     train_steps: int = 60
     train_warm_steps: int = 10
     train_reps: int = 5
+    train_tiny_steps: int = 200
     gpu_models: tuple[str, ...] = ("repvgg_a0", "repvgg_b2g4")
     gpu_size: int = 224
     gpu_train_batch: int = 128
@@ -116,10 +120,11 @@ PROFILES = {
         convert_rounds=5,
         latency_rounds=7,
         latency_warmup=2,
-        matmul_size=1024,
-        train_steps=40,
+        matmul_sizes=(256, 512, 1024),
+        train_steps=30,
         train_warm_steps=5,
-        train_reps=3,
+        train_reps=5,
+        train_tiny_steps=100,
         gpu_steps=10,
         gpu_rounds=3,
     ),
@@ -134,12 +139,13 @@ PROFILES = {
         latency_rounds=2,
         latency_warmup=1,
         compile_backend="eager",  # dynamo tracing without code generation: seconds, not minutes
-        matmul_size=128,
+        matmul_sizes=(64, 128),
         train_size=16,
         train_batch=32,
         train_steps=3,
         train_warm_steps=1,
         train_reps=1,
+        train_tiny_steps=4,
         gpu_models=("repvgg_a0",),
         gpu_size=16,
         gpu_train_batch=4,
@@ -298,18 +304,34 @@ def bench_convert_section(s: Settings, run: Run) -> None:
 
 
 def compile_net(
-    net: nn.Module, x: torch.Tensor, backend: str
+    net: nn.Module, x: torch.Tensor, backend: str, freezing: bool = False
 ) -> tuple[Callable[[], Any] | None, float, str | None]:
     """torch.compile `net` for input `x`; (call, seconds the first call took, error or None)."""
     start = time.perf_counter()
     try:
-        compiled = torch.compile(net, backend=backend, dynamic=False)
+        options = {"freezing": freezing} if backend == "inductor" else None
+        compiled = torch.compile(net, backend=backend, dynamic=False, options=options)
         with torch.inference_mode():
             compiled(x)  # compiles for this shape; excluded from the latency rounds
     except Exception as err:  # a failing compiler is a result to record, not a crash
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         return None, time.perf_counter() - start, f"{type(err).__name__}: {message}"[:500]
     return functools.partial(compiled, x), time.perf_counter() - start, None
+
+
+@contextlib.contextmanager
+def _fresh_compile_cache(directory: Path) -> Iterator[None]:
+    """Point Inductor's on-disk cache at an empty folder: compile times are then those of a
+    first compile, whatever earlier runs left in the machine's cache."""
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
 
 
 def _forms(name: str, size: int) -> tuple[nn.Module, nn.Module]:
@@ -345,7 +367,7 @@ def bench_latency_model(name: str, s: Settings, run: Run, workdir: Path) -> None
         if s.compile_backend is not None:
             log.info("latency: %s b%d: torch.compile (%s)", name, batch, s.compile_backend)
             with run.window(f"{key}/compile"):
-                call, seconds, error = compile_net(plain, x, s.compile_backend)
+                call, seconds, error = compile_net(plain, x, s.compile_backend, s.compile_freezing)
             run.metrics[f"{key}/compile_s"] = seconds
             if error is None:
                 fns["compile_plain"] = call
@@ -372,26 +394,33 @@ def bench_latency_model(name: str, s: Settings, run: Run, workdir: Path) -> None
                 run.metrics[f"{key}/{variant}_over_{BASELINE}"] = ratio
 
 
-def bench_matmul_peak(n: int, rounds: int, run: Run) -> None:
-    """fp32 n x n matrix multiply on the CPU: the GFLOP/s this machine's BLAS reaches."""
+def bench_matmul_peak(sizes: tuple[int, ...], rounds: int, run: Run) -> None:
+    """fp32 n x n matrix multiplies on the CPU (torch.mm): the best median GFLOP/s over the
+    sizes is the machine's measured peak (small sizes stay in cache, large ones amortize)."""
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    out = torch.empty(n, n)
-    with run.window("peak/matmul_fp32"):
-        r = measure_latency({"mm": lambda: torch.mm(a, b, out=out)}, rounds=rounds, warmup=2)
-    flop = 2 * n**3
-    run.metrics["peak/matmul_fp32_gflops"] = flop / r["mm"]["median_ms"] / 1e6
-    run.metrics["peak/matmul_fp32_best_gflops"] = flop / r["mm"]["min_ms"] / 1e6
-    run.metrics["peak/matmul_n"] = n
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        out = torch.empty(n, n)
+        with run.window(f"peak/matmul_fp32/n{n}"):
+            r = measure_latency({"mm": lambda a=a, b=b, out=out: torch.mm(a, b, out=out)}, rounds)
+        gflops = 2 * n**3 / r["mm"]["median_ms"] / 1e6
+        run.metrics[f"peak/matmul_fp32/n{n}_gflops"] = gflops
+        if gflops > best:
+            best = gflops
+            run.metrics["peak/matmul_n"] = n
+    run.metrics["peak/matmul_fp32_gflops"] = best
 
 
 def bench_latency_section(s: Settings, run: Run) -> None:
     """Latency of every model, then the matmul peak and the fastest runtime's share of it."""
-    with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
-        for name in s.latency_models:
-            log.info("latency: %s", name)
-            bench_latency_model(name, s, run, Path(tmp))
-    bench_matmul_peak(s.matmul_size, s.latency_rounds, run)
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        (Path(tmp) / "inductor").mkdir()
+        with _fresh_compile_cache(Path(tmp) / "inductor"):
+            for name in s.latency_models:
+                log.info("latency: %s", name)
+                bench_latency_model(name, s, run, Path(tmp))
+    bench_matmul_peak(s.matmul_sizes, s.latency_rounds, run)
     peak = run.metrics["peak/matmul_fp32_gflops"]
     for name in s.latency_models:
         for batch in s.batches:
@@ -408,21 +437,30 @@ def bench_latency_section(s: Settings, run: Run) -> None:
 # --------------------------------------------------------------------------- training overhead
 
 
-def _train_parts(s: Settings) -> tuple[Any, Callable[[], Any]]:
-    """The digits datamodule (in memory) and a factory of identically seeded ClassifierModules."""
+def _digits(s: Settings) -> Any:
+    """The digits datamodule, its tensors built in memory once."""
     from repvgg_lab.data import DigitsDataModule
-    from repvgg_lab.lit.module import ClassifierModule
 
     dm = DigitsDataModule(img_size=s.train_size, batch_size=s.train_batch, augment=True)
     dm.setup("fit")
+    return dm
+
+
+def _module_factory(s: Settings, tiny: bool = False) -> Callable[[], Any]:
+    """Identically seeded ClassifierModules of `train_model` (or of a one-layer net, whose step
+    costs next to nothing, so the Lightning-minus-bare difference is the loop's own cost)."""
+    from repvgg_lab.lit.module import ClassifierModule
 
     def module() -> Any:
         torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(3 * s.train_size**2, 10)) if tiny else None
         # No batch-size LR scaling and no scheduler: configure_optimizers needs no Trainer, so
         # the bare loop gets the very optimizer (SGD, param groups, lr, wd) Lightning gets.
-        return ClassifierModule(s.train_model, input_size=s.train_size, lr_batch_reference=None)
+        return ClassifierModule(
+            s.train_model, input_size=s.train_size, lr_batch_reference=None, net=net
+        )
 
-    return dm, module
+    return module
 
 
 def bare_loop(module: Any, loader: Any, steps: int, warm: int) -> tuple[float, float]:
@@ -496,44 +534,72 @@ def _quiet_lightning() -> Iterator[None]:
             logging.getLogger(n).setLevel(level)
 
 
+def compare_loops(
+    dm: Any, make_module: Callable[[], Any], steps: int, warm: int, reps: int
+) -> dict[str, dict[str, list[float]]]:
+    """Alternating repetitions of both loops: per loop, the seconds of the timed steps
+    (`steady`) and of the whole run including setup (`total`)."""
+    if not 0 <= warm < steps:
+        raise ValueError(f"need 0 <= warm-up steps ({warm}) < steps ({steps})")
+    loops = {
+        "bare": lambda: bare_loop(make_module(), dm.train_dataloader(), steps, warm),
+        "lightning": lambda: lightning_loop(make_module(), dm, steps, warm),
+    }
+    out: dict[str, dict[str, list[float]]] = {
+        "steady": {"bare": [], "lightning": []},
+        "total": {"bare": [], "lightning": []},
+    }
+    with _quiet_lightning():
+        for rep in range(reps):
+            for kind in ("bare", "lightning") if rep % 2 == 0 else ("lightning", "bare"):
+                steady_s, total_s = loops[kind]()
+                out["steady"][kind].append(steady_s)
+                out["total"][kind].append(total_s)
+    return out
+
+
+def _paired(times: dict[str, list[float]], fn: Callable[[float, float], float]) -> float:
+    """Median over repetitions of fn(lightning, bare)."""
+    return statistics.median(
+        fn(li, b) for li, b in zip(times["lightning"], times["bare"], strict=True)
+    )
+
+
 def bench_train_section(s: Settings, run: Run) -> None:
-    """Lightning vs bare loop: alternating repetitions, medians and the median paired ratio.
+    """Lightning vs bare loop on the same model, data, optimizer and steps.
 
     The headline excludes one-time setup from both: it times the steps after `train_warm_steps`
     (data loading, forward, backward, optimizer step and, for Lightning, its hooks, logging and
-    metrics). Setup (Trainer construction, fit start-up/tear-down) is reported separately.
+    metrics). Setup (Trainer construction, fit start-up/tear-down) is reported separately. The
+    same comparison on a one-layer net gives Lightning's fixed cost per step in milliseconds,
+    which predicts the overhead ratio of any model: 1 + fixed / bare step.
     """
-    if not 0 <= s.train_warm_steps < s.train_steps:
-        raise ValueError("need 0 <= train_warm_steps < train_steps")
-    dm, make_module = _train_parts(s)
-    steady: dict[str, list[float]] = {"bare": [], "lightning": []}
-    total: dict[str, list[float]] = {"bare": [], "lightning": []}
-    loops = {
-        "bare": lambda: bare_loop(
-            make_module(), dm.train_dataloader(), s.train_steps, s.train_warm_steps
-        ),
-        "lightning": lambda: lightning_loop(make_module(), dm, s.train_steps, s.train_warm_steps),
-    }
-    with run.window("train"), _quiet_lightning():
-        for rep in range(s.train_reps):
-            order = ("bare", "lightning") if rep % 2 == 0 else ("lightning", "bare")
-            for kind in order:
-                steps_s, all_s = loops[kind]()
-                steady[kind].append(steps_s)
-                total[kind].append(all_s)
-    timed = s.train_steps - s.train_warm_steps
+    dm = _digits(s)
     m = run.metrics
-    m["train/bare_step_ms"] = statistics.median(steady["bare"]) / timed * 1e3
-    m["train/lightning_step_ms"] = statistics.median(steady["lightning"]) / timed * 1e3
-    m["train/lightning_overhead"] = statistics.median(
-        li / b for li, b in zip(steady["lightning"], steady["bare"], strict=True)
+    timed = s.train_steps - s.train_warm_steps
+    with run.window("train"):
+        r = compare_loops(dm, _module_factory(s), s.train_steps, s.train_warm_steps, s.train_reps)
+    m["train/bare_step_ms"] = statistics.median(r["steady"]["bare"]) / timed * 1e3
+    m["train/lightning_step_ms"] = statistics.median(r["steady"]["lightning"]) / timed * 1e3
+    m["train/lightning_overhead"] = _paired(r["steady"], lambda li, b: li / b)
+    m["train/lightning_overhead_with_setup"] = _paired(r["total"], lambda li, b: li / b)
+    m["train/bare_total_s"] = statistics.median(r["total"]["bare"])
+    m["train/lightning_total_s"] = statistics.median(r["total"]["lightning"])
+    run.details["train"] = r
+
+    tiny_timed = s.train_tiny_steps - s.train_warm_steps
+    with run.window("train/tiny"):
+        r = compare_loops(
+            dm, _module_factory(s, tiny=True), s.train_tiny_steps, s.train_warm_steps, s.train_reps
+        )
+    m["train/tiny/bare_step_ms"] = statistics.median(r["steady"]["bare"]) / tiny_timed * 1e3
+    m["train/tiny/lightning_step_ms"] = (
+        statistics.median(r["steady"]["lightning"]) / tiny_timed * 1e3
     )
-    m["train/lightning_overhead_with_setup"] = statistics.median(
-        li / b for li, b in zip(total["lightning"], total["bare"], strict=True)
-    )
-    m["train/bare_total_s"] = statistics.median(total["bare"])
-    m["train/lightning_total_s"] = statistics.median(total["lightning"])
-    run.details["train"] = {"steady_s": steady, "total_s": total}
+    fixed_ms = _paired(r["steady"], lambda li, b: (li - b) / tiny_timed * 1e3)
+    m["train/lightning_fixed_ms_per_step"] = fixed_ms
+    m["train/lightning_overhead_predicted"] = 1 + fixed_ms / m["train/bare_step_ms"]
+    run.details["train/tiny"] = r
 
 
 # --------------------------------------------------------------------------- GPU
@@ -794,12 +860,56 @@ def _md_conditions(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _target_notes(report: dict[str, Any]) -> list[str]:
+    """The figures that explain each target's verdict (all read from the JSON)."""
+    m, notes = report["metrics"], []
+    p = "convert/repvgg_b3"
+    if f"{p}/ours_s" in m:
+        notes.append(
+            f"Conversion of repvgg_b3: ours {_f(m[f'{p}/ours_s'])} s, timm "
+            f"{_f(m[f'{p}/timm_s'])} s wall; CPU time {_f(m[f'{p}/ours_cpu_s'])} s vs "
+            f"{_f(m[f'{p}/timm_cpu_s'])} s (ratio "
+            f"{m[f'{p}/ours_cpu_s'] / m[f'{p}/timm_cpu_s']:.2f}); foreign CPU "
+            f"{_window_note(report, p)}."
+        )
+    key, peak = "latency/repvgg_a0/b1", m.get("peak/matmul_fp32_gflops")
+    if f"{key}/onnxruntime_ms" in m and peak:
+        eager, ort = m[f"{key}/{BASELINE}_gflops"], m[f"{key}/onnxruntime_gflops"]
+        line = (
+            f"repvgg_a0 at batch 1: eager PyTorch reaches {_f(eager)} GFLOP/s "
+            f"({_pct(eager / peak)} of the matmul peak), ONNX Runtime {_f(ort)} "
+            f"({_pct(ort / peak)}); 0.7× eager's time needs {_f(eager / 0.7)} GFLOP/s, "
+            f"{_pct(eager / 0.7 / peak)} of the peak, for the whole net."
+        )
+        if f"{key}/compile_plain_over_{BASELINE}" in m:
+            line += (
+                " torch.compile, which also pre-packs the weights, runs at "
+                f"{m[f'{key}/compile_plain_over_{BASELINE}']:.2f}× eager."
+            )
+        notes.append(line)
+    if "train/lightning_fixed_ms_per_step" in m:
+        steady = report["details"]["train"]["steady"]
+        per_rep = ", ".join(
+            f"{li / b:.3f}" for li, b in zip(steady["lightning"], steady["bare"], strict=True)
+        )
+        notes.append(
+            f"Lightning costs {_f(m['train/lightning_fixed_ms_per_step'])} ms per step more than "
+            f"the bare loop on a one-layer net; with the bare step of "
+            f"{_f(m['train/bare_step_ms'])} ms that predicts "
+            f"{m['train/lightning_overhead_predicted']:.3f}×; measured "
+            f"{m['train/lightning_overhead']:.3f}× (repetitions: {per_rep})."
+        )
+    return [f"- {n}" for n in notes] + ([""] if notes else [])
+
+
 def _md_targets(report: dict[str, Any]) -> list[str]:
     rows = []
     for t in targets(report["metrics"]):
         verdict = {True: "**holds**", False: "**missed**", None: "not measured"}[t["holds"]]
         rows.append([t["target"], f"`{t['key']}`", _f(t["value"]), f"≤ {t['limit']}", verdict])
-    return _table(["target", "metric", "measured", "limit", "verdict"], rows)
+    return _table(["target", "metric", "measured", "limit", "verdict"], rows) + _target_notes(
+        report
+    )
 
 
 def _md_convert(report: dict[str, Any]) -> list[str]:
@@ -881,13 +991,17 @@ def _md_latency(report: dict[str, Any], png_name: str | None) -> list[str]:
         if f"{key}/compile_s" in m
     ]
     if compile_rows:
+        freezing = report["settings"].get("compile_freezing")
         lines += [
-            "torch.compile (backend "
-            f"`{report['settings']['compile_backend']}`) compile time, excluded from latency:",
+            f"torch.compile (backend `{report['settings']['compile_backend']}`, freezing "
+            f"{'on' if freezing else 'off'}, empty on-disk cache) compile time, excluded from "
+            "latency:",
             "",
             *_table(["model", "batch", "compile s", "error"], compile_rows),
         ]
     peak = m.get("peak/matmul_fp32_gflops")
+    n = int(m.get("peak/matmul_n", 0))
+    sizes = ", ".join(str(k) for k in report["settings"]["matmul_sizes"])
     rows = [
         [
             name,
@@ -903,9 +1017,8 @@ def _md_latency(report: dict[str, Any], png_name: str | None) -> list[str]:
         lines += [
             f"Effective speed of the fastest runtime (2 × the plain net's MACs per image ÷ median "
             f"time) beside the measured fp32 matrix-multiply peak: **{_f(peak)} GFLOP/s** "
-            f"(torch.mm, n = {int(m['peak/matmul_n'])}, median; best round "
-            f"{_f(m.get('peak/matmul_fp32_best_gflops'))}; foreign CPU "
-            f"{_window_note(report, 'peak/matmul_fp32')}).",
+            f"(torch.mm, best median over n = {sizes}, reached at n = {n}; foreign CPU "
+            f"{_window_note(report, f'peak/matmul_fp32/n{n}')}).",
             "",
             *_table(["model", "batch", "fastest", "GFLOP/s", "of matmul peak"], rows),
         ]
@@ -940,7 +1053,12 @@ def _md_train(report: dict[str, Any]) -> list[str]:
                 ],
             ],
         ),
-        f"Foreign CPU during the repetitions: {_window_note(report, 'train')}.",
+        f"Foreign CPU during the repetitions: {_window_note(report, 'train')}. The same loops "
+        f"on a one-layer net ({s['train_tiny_steps']} steps): bare "
+        f"{_f(m['train/tiny/bare_step_ms'])} ms, Lightning "
+        f"{_f(m['train/tiny/lightning_step_ms'])} ms per step, i.e. Lightning's own cost is "
+        f"{_f(m['train/lightning_fixed_ms_per_step'])} ms per step (foreign CPU "
+        f"{_window_note(report, 'train/tiny')}).",
         "",
     ]
 

@@ -69,7 +69,9 @@ def test_conversion_keys(report: dict[str, Any]) -> None:
 
 def test_latency_keys(report: dict[str, Any]) -> None:
     m, details = report["metrics"], report["details"]
-    assert _positive(m["peak/matmul_fp32_gflops"])
+    per_size = [m[f"peak/matmul_fp32/n{n}_gflops"] for n in SMOKE.matmul_sizes]
+    assert all(_positive(g) for g in per_size)
+    assert m["peak/matmul_fp32_gflops"] == max(per_size)
     for name in SMOKE.latency_models:
         for batch in SMOKE.batches:
             key = f"latency/{name}/b{batch}"
@@ -107,6 +109,11 @@ def test_train_keys(report: dict[str, Any]) -> None:
         "train/lightning_overhead_with_setup",
     ):
         assert _positive(m[key]), key
+    for key in ("train/tiny/bare_step_ms", "train/tiny/lightning_step_ms"):
+        assert _positive(m[key]), key
+    # Lightning's own cost per step may come out slightly negative on a noisy machine.
+    assert math.isfinite(m["train/lightning_fixed_ms_per_step"])
+    assert math.isfinite(m["train/lightning_overhead_predicted"])
     # The totals include setup and the warm-up steps, the step times do not.
     timed = SMOKE.train_steps - SMOKE.train_warm_steps
     assert m["train/bare_total_s"] * 1e3 > m["train/bare_step_ms"] * timed
