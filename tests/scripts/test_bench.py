@@ -69,7 +69,11 @@ def test_conversion_keys(report: dict[str, Any]) -> None:
 
 def test_latency_keys(report: dict[str, Any]) -> None:
     m, details = report["metrics"], report["details"]
-    per_size = [m[f"peak/matmul_fp32/n{n}_gflops"] for n in SMOKE.matmul_sizes]
+    per_size = [
+        m[f"peak/matmul_fp32/{lib}_n{n}_gflops"]
+        for n in SMOKE.matmul_sizes
+        for lib in ("torch", "onnxruntime")
+    ]
     assert all(_positive(g) for g in per_size)
     assert m["peak/matmul_fp32_gflops"] == max(per_size)
     for name in SMOKE.latency_models:
