@@ -1153,14 +1153,16 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(models)), models)
         ax.set_title(f"batch {batch}")
         ax.set_ylabel("time ÷ plain eager NCHW (lower is faster)")
-    axes[0][0].legend(fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(VARIANTS), fontsize=8, frameon=False)
     mc = report["machine"]
+    threads = f"{mc['threads']} thread{'s' if mc['threads'] != 1 else ''}"
     fig.suptitle(
-        f"CPU latency, {mc['cpu']}, {mc['threads']} threads, torch {mc['torch']} "
+        f"CPU latency, {mc['cpu']}, {threads}, torch {mc['torch']} "
         f"(foreign CPU {_pct(report['windows'].get('run', {}).get('foreign_share'))})",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -1185,12 +1187,14 @@ def render(json_path: Path, md_path: Path | None = None, png_path: Path | None =
         render_plot(report, png_path)
     png_name = os.path.relpath(png_path, md_path.parent) if has_latency else None
     block = render_markdown(report, png_name)
-    if md_path.exists() and MARK_BEGIN in (text := md_path.read_text()) and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        md_path.write_text(head + block + tail)
-    else:
+    text = md_path.read_text() if md_path.exists() else None
+    if text is None:
         md_path.write_text(DOC_SKELETON.format(generated=block))
+    elif MARK_BEGIN in text and MARK_END in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        md_path.write_text(head + block + rest.split(MARK_END, 1)[1])
+    else:  # a hand-written file without the markers: keep it, add the block at the end
+        md_path.write_text(text.rstrip("\n") + "\n\n" + block + "\n")
     return md_path
 
 

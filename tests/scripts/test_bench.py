@@ -160,6 +160,11 @@ def test_render_writes_block_and_png_and_keeps_prose(smoke_json: Path, tmp_path:
     fresh = tmp_path / "new.md"
     bench.render(smoke_json, fresh, png)
     assert bench.MARK_BEGIN in fresh.read_text()
+    unmarked = tmp_path / "notes.md"
+    unmarked.write_text("# My notes\n")
+    bench.render(smoke_json, unmarked, png)
+    kept = unmarked.read_text()
+    assert kept.startswith("# My notes\n") and kept.count(bench.MARK_BEGIN) == 1
 
 
 def test_failed_compile_is_recorded_not_raised() -> None:
