@@ -20,17 +20,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from repvgg_lab import create_model
 from repvgg_lab.lit.callbacks import Reparameterize
 from repvgg_lab.models.drift import tf32
+from tests.helpers.contract import DRIFT_METRICS
 from tests.helpers.wandb_records import records, summary
 
 ROOT = Path(__file__).resolve().parents[1]
-DESIGN_NAMES = [
-    "max_abs",
-    "rel_max",
-    "top1_agree",
-    "vs_fp64/train_rel_max",
-    "vs_fp64/deploy_rel_max",
-    "underflow_frac",
-]
+DESIGN_NAMES = [name.removeprefix("drift/") for name in DRIFT_METRICS]
 
 
 def _load_report():
