@@ -1,0 +1,300 @@
+"""Accuracy, MACs, parameters and CPU latency of RepVGG-A0 pruned after sparsity training on the
+digits data, for several MAC-reduction targets, through the real training pipeline.
+
+    PYTHONPATH=. python scripts/prune_study.py              # the study in docs/pruning.md
+    PYTHONPATH=. python scripts/prune_study.py --quick      # a smoke-sized variant (minutes)
+
+Per seed: (1) a baseline repvgg_a0 without gates trained for epochs + finetune epochs (the
+reference accuracy); (2) a gated repvgg_a0 trained `epochs` with the L1 gate penalty and no
+pruning; (3) for each target, `train.py prune=gates prune.macs_reduction=T` resumed from run (2)'s
+last checkpoint, which skips training and runs the pipeline's conversion, pruning (accuracy before
+fine-tuning), fine-tuning and `metrics.json`. Target 0 means threshold 0: exact pruning, which
+removes only channels whose gate reached exactly 0, so it is the unpruned net fine-tuned alike.
+Latency: batch 1, the unpruned and every pruned net of the first seed timed in interleaved rounds
+(repvgg_lab.deploy.latency) at the training size and at 224x224, on `--threads` CPU threads.
+Writes results.json and table.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from repvgg_lab.deploy import load_source, measure_latency, paired_ratio
+from repvgg_lab.models import count_macs, count_params
+from repvgg_lab.pipeline.train import train
+
+log = logging.getLogger("prune_study")
+ROOT = Path(__file__).resolve().parents[1]
+ACC_KEYS = ("prune/test/acc", "finetune/test/acc", "prune/val/acc", "finetune/val/acc")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 seed, 3+1 epochs, targets 0 and 0.3")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=15, help="sparsity-training epochs")
+    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="per 256 images (SGD)")
+    p.add_argument("--sparsity", type=float, default=1e-3, help="lambda of the L1 gate penalty")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
+    p.add_argument("--score", default="l2_next", choices=["l2", "l2_next"])
+    p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--latency-sizes", type=int, nargs="*", default=None, help="[img-size, 224]")
+    p.add_argument("--latency-rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (all steps)")
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "prune_study")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.finetune_epochs = args.seeds[:1], 3, 1
+        args.targets, args.latency_rounds = [0.0, 0.3], 5
+    if args.latency_sizes is None:
+        args.latency_sizes = [args.img_size, 224]
+    if any(not 0.0 <= t < 1.0 for t in args.targets):
+        p.error(f"--targets must lie in [0, 1), got {args.targets}")
+    return args
+
+
+def run_job(out: Path, overrides: list[str]) -> dict[str, float]:
+    """One in-process `python train.py OVERRIDES` job writing to `out`; its final metrics."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose("train", overrides=[f"output_dir={out}", *overrides])
+    start = time.perf_counter()
+    metrics = train(cfg)
+    log.info("%s: %.0f s", out, time.perf_counter() - start)
+    return metrics
+
+
+def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Baseline, sparse training, and every pruning target for one seed."""
+    folder = args.out / f"seed{seed}"
+    common = [
+        f"seed={seed}",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        f"data.img_size={args.img_size}",
+    ]
+    epochs, ft = args.epochs, args.finetune_epochs
+    baseline = run_job(folder / "baseline", [*common, f"trainer.max_epochs={epochs + ft}"])
+    gates = [
+        *common,
+        "prune=gates",
+        f"prune.sparsity={args.sparsity}",
+        f"trainer.max_epochs={epochs}",
+        "prune.macs_reduction=null",
+    ]
+    sparse = run_job(folder / "sparse", [*gates, "prune.enabled=false", "finetune.epochs=0"])
+    last = folder / "sparse" / "checkpoints" / "last.ckpt"
+    pruned: dict[str, dict[str, float]] = {}
+    for target in args.targets:
+        criterion = f"prune.macs_reduction={target}" if target > 0 else "prune.threshold=0"
+        pruned[str(target)] = run_job(
+            folder / f"prune{target:g}",
+            [
+                *gates,
+                criterion,
+                f"prune.score={args.score}",
+                f"finetune.epochs={ft}",
+                f"finetune.lr={args.finetune_lr}",
+                "prune.latency_rounds=3",
+                f"ckpt_path={last}",
+            ],
+        )
+    return {"baseline": baseline, "sparse": sparse, "pruned": pruned}
+
+
+def latency(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Batch-1 latency of the unpruned and every pruned net of `seed`, interleaved per size."""
+    folder = args.out / f"seed{seed}"
+    nets = {"unpruned": load_source(folder / "sparse" / "plain.safetensors").plain}
+    for target in args.targets:
+        nets[str(target)] = load_source(folder / f"prune{target:g}" / "pruned.safetensors").plain
+    result: dict[str, Any] = {}
+    for size in args.latency_sizes:
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        fns = {name: partial(net.eval(), x) for name, net in nets.items()}
+        with torch.inference_mode():
+            times = measure_latency(fns, rounds=args.latency_rounds, warmup=2)
+        result[str(size)] = {
+            name: {
+                "median_ms": times[name]["median_ms"],
+                "speedup": paired_ratio(times, "unpruned", name),
+                "macs": count_macs(nets[name], size, 3),
+                "times_ms": times[name]["times_ms"],
+            }
+            for name in nets
+        }
+        log.info("latency @%d: %s", size, {k: round(v["median_ms"], 2) for k, v in times.items()})
+    result["params"] = {name: count_params(net) for name, net in nets.items()}
+    return result
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
+def summarize(args: argparse.Namespace, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per-target accuracy statistics over seeds, costs, and the acceptance check."""
+    seeds = list(runs)
+    summary: dict[str, Any] = {
+        "baseline_test_acc": _stats([runs[s]["baseline"]["deploy/test/acc"] for s in seeds]),
+        "baseline_val_acc": _stats([runs[s]["baseline"]["deploy/val/acc"] for s in seeds]),
+        "sparse_test_acc": _stats([runs[s]["sparse"]["deploy/test/acc"] for s in seeds]),
+        "targets": {},
+    }
+    for target in map(str, args.targets):
+        rows = [runs[s]["pruned"][target] for s in seeds]
+        entry = {key: _stats([r[key] for r in rows]) for key in ACC_KEYS}
+        entry["macs_before"] = rows[0]["prune/macs_before"]
+        entry["macs_after"] = _stats([r["prune/macs_after"] for r in rows])
+        entry["params_after"] = _stats([r["prune/params_after"] for r in rows])
+        entry["macs_reduction"] = _stats(
+            [1 - r["prune/macs_after"] / r["prune/macs_before"] for r in rows]
+        )
+        entry["loss_vs_baseline_points"] = 100 * (
+            summary["baseline_test_acc"]["mean"] - entry["finetune/test/acc"]["mean"]
+        )
+        summary["targets"][target] = entry
+    qualifying = [t for t in args.targets if t >= 0.3]
+    if qualifying:
+        t = str(min(qualifying))
+        loss = summary["targets"][t]["loss_vs_baseline_points"]
+        summary["acceptance"] = {
+            "target": float(t),
+            "macs_reduction": summary["targets"][t]["macs_reduction"]["mean"],
+            "loss_points": loss,
+            "passed": loss <= 0.5,
+        }
+    return summary
+
+
+def _pct(stats: dict[str, float]) -> str:
+    text = f"{100 * stats['mean']:.2f}"
+    return text + (f" ± {100 * stats['std']:.2f}" if len(stats["values"]) > 1 else "")
+
+
+def table(args: argparse.Namespace, summary: dict[str, Any], lat: dict[str, Any]) -> str:
+    """The markdown table of docs/pruning.md."""
+    sizes = [str(s) for s in args.latency_sizes]
+    size = str(args.img_size)
+    head = [
+        "model",
+        f"MACs @{size}",
+        "MAC cut",
+        "params",
+        "test acc before FT",
+        "test acc after FT",
+        "Δ vs baseline (pts)",
+        *[f"latency @{s} (ms)" for s in sizes],
+        *[f"speedup @{s}" for s in sizes],
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = summary["baseline_test_acc"]
+    epochs = args.epochs + args.finetune_epochs
+    first = next(iter(summary["targets"].values()))
+    lines.append(
+        f"| baseline (no gates, {epochs} epochs) | {first['macs_before'] / 1e6:.2f} M | — | "
+        f"{lat['params']['unpruned'] / 1e6:.2f} M | — | {_pct(base)} | 0 | "
+        + " | ".join("—" for _ in sizes * 2)
+        + " |"
+    )
+    lines.append(
+        f"| gated, λ={args.sparsity:g}, {args.epochs} epochs, unpruned | "
+        f"{first['macs_before'] / 1e6:.2f} M | 0 % | {lat['params']['unpruned'] / 1e6:.2f} M | "
+        f"{_pct(summary['sparse_test_acc'])} | — | "
+        f"{100 * (summary['sparse_test_acc']['mean'] - base['mean']):+.2f} | "
+        + " | ".join(f"{lat[s]['unpruned']['median_ms']:.2f}" for s in sizes)
+        + " | "
+        + " | ".join("1.00" for _ in sizes)
+        + " |"
+    )
+    for target, e in summary["targets"].items():
+        name = (
+            "threshold 0 (exact) + FT"
+            if float(target) == 0
+            else f"MACs −{float(target):.0%} + {args.finetune_epochs} ep FT"
+        )
+        lines.append(
+            f"| {name} | {e['macs_after']['mean'] / 1e6:.2f} M | "
+            f"{100 * e['macs_reduction']['mean']:.1f} % | "
+            f"{e['params_after']['mean'] / 1e6:.2f} M | "
+            f"{_pct(e['prune/test/acc'])} | {_pct(e['finetune/test/acc'])} | "
+            f"{-e['loss_vs_baseline_points']:+.2f} | "
+            + " | ".join(f"{lat[s][target]['median_ms']:.2f}" for s in sizes)
+            + " | "
+            + " | ".join(f"{lat[s][target]['speedup']:.2f}" for s in sizes)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _test_images(img_size: int) -> int:
+    from repvgg_lab.data import DigitsDataModule
+
+    dm = DigitsDataModule(img_size=img_size)
+    dm.setup()
+    return len(dm.test_dataloader().dataset)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    runs = {seed: one_seed(args, seed) for seed in args.seeds}
+    lat = latency(args, args.seeds[0])
+    summary = summarize(args, runs)
+    elapsed = time.perf_counter() - start
+    command = "PYTHONPATH=. python scripts/prune_study.py " + " ".join(sys.argv[1:])
+    results = {
+        "command": command.strip(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "elapsed_s": elapsed,
+        "load_average": list(os.getloadavg()),
+        "summary": summary,
+        "latency": lat,
+        "runs": {str(s): r for s, r in runs.items()},
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    text = table(args, summary, lat)
+    test_images = _test_images(args.img_size)
+    notes = (
+        f"\n{len(args.seeds)} seed(s) ({', '.join(map(str, args.seeds))}); test accuracy over "
+        f"{test_images} images (one image = {100 / test_images:.2f} points), mean ± std over "
+        f"seeds. Latency: batch 1, seed {args.seeds[0]}'s nets, median of {args.latency_rounds} "
+        f"interleaved rounds, {torch.get_num_threads()} thread(s). {elapsed / 60:.1f} min.\n"
+    )
+    if "acceptance" in summary:
+        a = summary["acceptance"]
+        notes += (
+            f"Acceptance (≥ 30 % MACs, ≤ 0.5 points): MACs −{100 * a['macs_reduction']:.1f} %, "
+            f"loss {a['loss_points']:+.2f} points vs baseline: "
+            f"{'passed' if a['passed'] else 'NOT passed'}.\n"
+        )
+    (args.out / "table.md").write_text(text + notes)
+    sys.stdout.write(text + notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
