@@ -87,14 +87,18 @@ def _pruning_table(m: dict[str, Any], input_size: int) -> Table:
 def render(report: dict[str, Any]) -> Group:
     """The report as console tables: conversion, checks, latency."""
     m, src, settings = report["metrics"], report["source"], report["settings"]
+    pruned = "prune/macs_after" in m
+    caption = f"reference: {report['reference']}"
+    if pruned:
+        caption += "; deploy: cost after pruning, error of the conversion before it"
     conversion = Table(
         title=f"{src['model']} ({src['format']}, {src['num_classes']} classes)",
-        caption=f"reference: {report['reference']}",
+        caption=caption,
         header_style="bold",
     )
     conversion.add_column("")
     conversion.add_column("train (multi-branch)", justify="right")
-    conversion.add_column("deploy (plain)", justify="right")
+    conversion.add_column("deploy (plain, pruned)" if pruned else "deploy (plain)", justify="right")
     for label, key in (
         ("parameters", "params/{}"),
         (f"MACs @{settings['input_size']}", "macs/{}"),
@@ -117,13 +121,13 @@ def render(report: dict[str, Any]) -> Group:
             checks.add_row(key, _fmt(m.get(key)))
 
     parts: list[Any] = [conversion, checks]
-    if "prune/macs_after" in m:
+    if pruned:
         parts.append(_pruning_table(m, settings["input_size"]))
     if settings["batch_sizes"]:
         latency = Table(title="CPU latency, median ms", header_style="bold")
         latency.add_column("batch", justify="right")
         # The unpruned column only when the deploy pruned (the others are always there or —).
-        columns = [c for c in LATENCY_COLUMNS if c != "unpruned" or "prune/macs_after" in m]
+        columns = [c for c in LATENCY_COLUMNS if c != "unpruned" or pruned]
         for name in (*columns, "train/deploy"):
             latency.add_column(name, justify="right")
         for b in settings["batch_sizes"]:
