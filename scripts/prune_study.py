@@ -8,8 +8,9 @@ Per seed: (1) a baseline repvgg_a0 without gates trained for epochs + finetune e
 reference accuracy); (2) a gated repvgg_a0 trained `epochs` with the L1 gate penalty and no
 pruning; (3) for each target, `train.py prune=gates prune.macs_reduction=T` resumed from run (2)'s
 last checkpoint, which skips training and runs the pipeline's conversion, pruning (accuracy before
-fine-tuning), fine-tuning and `metrics.json`. Target 0 means threshold 0: exact pruning, which
-removes only channels whose gate reached exactly 0, so it is the unpruned net fine-tuned alike.
+fine-tuning), fine-tuning and `metrics.json` (the script checks that it converted the net of run
+(2)). Target 0 means threshold 0: exact pruning, which removes only channels whose gate reached
+exactly 0, so it is the unpruned net fine-tuned alike.
 Latency: batch 1, the unpruned and every pruned net of the first seed timed in interleaved rounds
 (repvgg_lab.deploy.latency) at the training size and at 224x224, on `--threads` CPU threads.
 Writes results.json and table.md to --out.
@@ -44,9 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 seed, 3+1 epochs, targets 0 and 0.3")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=12, help="sparsity-training epochs")
+    p.add_argument("--epochs", type=int, default=20, help="sparsity-training epochs")
     p.add_argument("--finetune-epochs", type=int, default=5)
-    p.add_argument("--finetune-lr", type=float, default=0.003, help="per 256 images (SGD)")
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="per 256 images (SGD)")
     p.add_argument("--sparsity", type=float, default=1e-3, help="lambda of the L1 gate penalty")
     p.add_argument("--targets", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
     p.add_argument("--score", default="l2_next", choices=["l2", "l2_next"])
@@ -94,7 +95,17 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         f"trainer.max_epochs={epochs}",
         "prune.macs_reduction=null",
     ]
-    sparse = run_job(folder / "sparse", [*gates, "prune.enabled=false", "finetune.epochs=0"])
+    # Without a monitor the checkpoint callback keeps the latest epoch, so last.ckpt holds the
+    # final weights (with val/acc monitored it holds the last epoch that improved val/acc).
+    sparse = run_job(
+        folder / "sparse",
+        [
+            *gates,
+            "prune.enabled=false",
+            "finetune.epochs=0",
+            "callbacks.model_checkpoint.monitor=null",
+        ],
+    )
     last = folder / "sparse" / "checkpoints" / "last.ckpt"
     pruned: dict[str, dict[str, float]] = {}
     for target in args.targets:
@@ -111,6 +122,12 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                 f"ckpt_path={last}",
             ],
         )
+        resumed = pruned[str(target)]["deploy/test/acc"]
+        if resumed != sparse["deploy/test/acc"]:
+            raise RuntimeError(
+                f"the resumed run converted another net than the sparse run (test acc {resumed} "
+                f"vs {sparse['deploy/test/acc']}): {last} does not hold the final weights"
+            )
     return {"baseline": baseline, "sparse": sparse, "pruned": pruned}
 
 
