@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-rounds", type=int, default=25)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (all steps)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "prune_study")
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild table.md from --out/results.json"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.finetune_epochs = args.seeds[:1], 3, 1
@@ -165,15 +168,14 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
-def summarize(args: argparse.Namespace, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def summarize(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per-target accuracy statistics over seeds, costs, and the acceptance check."""
     seeds = list(runs)
-    summary: dict[str, Any] = {
-        "baseline_test_acc": _stats([runs[s]["baseline"]["deploy/test/acc"] for s in seeds]),
-        "baseline_val_acc": _stats([runs[s]["baseline"]["deploy/val/acc"] for s in seeds]),
-        "sparse_test_acc": _stats([runs[s]["sparse"]["deploy/test/acc"] for s in seeds]),
-        "targets": {},
-    }
+    summary: dict[str, Any] = {"targets": {}}
+    for split in ("test", "val"):
+        for run in ("baseline", "sparse"):
+            values = [runs[s][run][f"deploy/{split}/acc"] for s in seeds]
+            summary[f"{run}_{split}_acc"] = _stats(values)
     for target in map(str, args.targets):
         rows = [runs[s]["pruned"][target] for s in seeds]
         entry = {key: _stats([r[key] for r in rows]) for key in ACC_KEYS}
@@ -183,19 +185,23 @@ def summarize(args: argparse.Namespace, runs: dict[int, dict[str, Any]]) -> dict
         entry["macs_reduction"] = _stats(
             [1 - r["prune/macs_after"] / r["prune/macs_before"] for r in rows]
         )
-        entry["loss_vs_baseline_points"] = 100 * (
-            summary["baseline_test_acc"]["mean"] - entry["finetune/test/acc"]["mean"]
-        )
+        for split in ("test", "val"):
+            entry[f"{split}_delta_points"] = 100 * (
+                entry[f"finetune/{split}/acc"]["mean"] - summary[f"baseline_{split}_acc"]["mean"]
+            )
         summary["targets"][target] = entry
     qualifying = [t for t in args.targets if t >= 0.3]
     if qualifying:
         t = str(min(qualifying))
-        loss = summary["targets"][t]["loss_vs_baseline_points"]
+        e = summary["targets"][t]
         summary["acceptance"] = {
             "target": float(t),
-            "macs_reduction": summary["targets"][t]["macs_reduction"]["mean"],
-            "loss_points": loss,
-            "passed": loss <= 0.5,
+            "macs_reduction": e["macs_reduction"]["mean"],
+            "test_loss_points": -e["test_delta_points"],
+            "val_loss_points": -e["val_delta_points"],
+            "test_loss_vs_unpruned_gated_points": 100
+            * (summary["sparse_test_acc"]["mean"] - e["finetune/test/acc"]["mean"]),
+            "passed_on_test": -e["test_delta_points"] <= 0.5,
         }
     return summary
 
@@ -205,59 +211,106 @@ def _pct(stats: dict[str, float]) -> str:
     return text + (f" ± {100 * stats['std']:.2f}" if len(stats["values"]) > 1 else "")
 
 
-def table(args: argparse.Namespace, summary: dict[str, Any], lat: dict[str, Any]) -> str:
-    """The markdown table of docs/pruning.md."""
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _name(args: argparse.Namespace, target: str) -> str:
+    if float(target) == 0:
+        return f"threshold 0 (exact) + {args.finetune_epochs} ep FT"
+    return f"MACs −{float(target):.0%} + {args.finetune_epochs} ep FT"
+
+
+def accuracy_table(args: argparse.Namespace, summary: dict[str, Any]) -> str:
+    """Accuracy before and after fine-tuning, test and validation, against the baseline."""
+    head = ["model", "MAC cut", "test acc before FT", "test acc", "Δ test", "val acc", "Δ val"]
+    base_t, base_v = summary["baseline_test_acc"], summary["baseline_val_acc"]
+    epochs = args.epochs + args.finetune_epochs
+    lines = [_row(head), "|" + "---|" * len(head)]
+    lines.append(
+        _row([f"baseline: no gates, {epochs} epochs", "—", "—", _pct(base_t), 0, _pct(base_v), 0])
+    )
+    sparse_t, sparse_v = summary["sparse_test_acc"], summary["sparse_val_acc"]
+    lines.append(
+        _row(
+            [
+                f"gated, λ={args.sparsity:g}, {args.epochs} epochs, unpruned",
+                "0 %",
+                "—",
+                _pct(sparse_t),
+                f"{100 * (sparse_t['mean'] - base_t['mean']):+.2f}",
+                _pct(sparse_v),
+                f"{100 * (sparse_v['mean'] - base_v['mean']):+.2f}",
+            ]
+        )
+    )
+    for target, e in summary["targets"].items():
+        lines.append(
+            _row(
+                [
+                    _name(args, target),
+                    f"{100 * e['macs_reduction']['mean']:.1f} %",
+                    _pct(e["prune/test/acc"]),
+                    _pct(e["finetune/test/acc"]),
+                    f"{e['test_delta_points']:+.2f}",
+                    _pct(e["finetune/val/acc"]),
+                    f"{e['val_delta_points']:+.2f}",
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cost_table(args: argparse.Namespace, lat: dict[str, Any]) -> str:
+    """MACs, parameters and batch-1 latency of the first seed's nets."""
     sizes = [str(s) for s in args.latency_sizes]
-    size = str(args.img_size)
     head = [
         "model",
-        f"MACs @{size}",
-        "MAC cut",
+        *[f"MACs @{s}" for s in sizes],
         "params",
-        "test acc before FT",
-        "test acc after FT",
-        "Δ vs baseline (pts)",
         *[f"latency @{s} (ms)" for s in sizes],
         *[f"speedup @{s}" for s in sizes],
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = summary["baseline_test_acc"]
-    epochs = args.epochs + args.finetune_epochs
-    first = next(iter(summary["targets"].values()))
-    lines.append(
-        f"| baseline (no gates, {epochs} epochs) | {first['macs_before'] / 1e6:.2f} M | — | "
-        f"{lat['params']['unpruned'] / 1e6:.2f} M | — | {_pct(base)} | 0 | "
-        + " | ".join("—" for _ in sizes * 2)
-        + " |"
-    )
-    lines.append(
-        f"| gated, λ={args.sparsity:g}, {args.epochs} epochs, unpruned | "
-        f"{first['macs_before'] / 1e6:.2f} M | 0 % | {lat['params']['unpruned'] / 1e6:.2f} M | "
-        f"{_pct(summary['sparse_test_acc'])} | — | "
-        f"{100 * (summary['sparse_test_acc']['mean'] - base['mean']):+.2f} | "
-        + " | ".join(f"{lat[s]['unpruned']['median_ms']:.2f}" for s in sizes)
-        + " | "
-        + " | ".join("1.00" for _ in sizes)
-        + " |"
-    )
-    for target, e in summary["targets"].items():
-        name = (
-            "threshold 0 (exact) + FT"
-            if float(target) == 0
-            else f"MACs −{float(target):.0%} + {args.finetune_epochs} ep FT"
-        )
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for name in ["unpruned", *map(str, args.targets)]:
+        label = name if name == "unpruned" else _name(args, name).rsplit(" + ", 1)[0]
         lines.append(
-            f"| {name} | {e['macs_after']['mean'] / 1e6:.2f} M | "
-            f"{100 * e['macs_reduction']['mean']:.1f} % | "
-            f"{e['params_after']['mean'] / 1e6:.2f} M | "
-            f"{_pct(e['prune/test/acc'])} | {_pct(e['finetune/test/acc'])} | "
-            f"{-e['loss_vs_baseline_points']:+.2f} | "
-            + " | ".join(f"{lat[s][target]['median_ms']:.2f}" for s in sizes)
-            + " | "
-            + " | ".join(f"{lat[s][target]['speedup']:.2f}" for s in sizes)
-            + " |"
+            _row(
+                [
+                    label,
+                    *[f"{lat[s][name]['macs'] / 1e6:.1f} M" for s in sizes],
+                    f"{lat['params'][name] / 1e6:.2f} M",
+                    *[f"{lat[s][name]['median_ms']:.2f}" for s in sizes],
+                    *[f"{lat[s][name]['speedup']:.2f}" for s in sizes],
+                ]
+            )
         )
     return "\n".join(lines) + "\n"
+
+
+def render(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    """table.md: both tables and the notes that say how to read them."""
+    summary, lat = results["summary"], results["latency"]
+    images = _test_images(args.img_size)
+    seeds = ", ".join(map(str, args.seeds))
+    notes = (
+        f"{len(args.seeds)} seed(s) ({seeds}); accuracy in % over {images} test and {images} "
+        f"validation images (one image = {100 / images:.2f} points), mean ± std over seeds; "
+        f"Δ in points against the baseline. Latency: batch 1, seed {args.seeds[0]}'s nets, "
+        f"median of {args.latency_rounds} interleaved rounds on {results['threads']} thread(s); "
+        f"speedup = median per-round ratio unpruned / pruned. Run time "
+        f"{results['elapsed_s'] / 60:.1f} min.\n"
+    )
+    if "acceptance" in summary:
+        a = summary["acceptance"]
+        notes += (
+            f"Acceptance (≥ 30 % of the MACs removed, ≤ 0.5 points lost): MACs "
+            f"−{100 * a['macs_reduction']:.1f} %, test {-a['test_loss_points']:+.2f} points "
+            f"({'passed' if a['passed_on_test'] else 'NOT passed'}), validation "
+            f"{-a['val_loss_points']:+.2f} points; against the unpruned gated net "
+            f"{-a['test_loss_vs_unpruned_gated_points']:+.2f} test points.\n"
+        )
+    return accuracy_table(args, summary) + "\n" + cost_table(args, lat) + "\n" + notes
 
 
 def _test_images(img_size: int) -> int:
@@ -273,43 +326,33 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    runs = {seed: one_seed(args, seed) for seed in args.seeds}
-    lat = latency(args, args.seeds[0])
-    summary = summarize(args, runs)
-    elapsed = time.perf_counter() - start
-    command = "PYTHONPATH=. python scripts/prune_study.py " + " ".join(sys.argv[1:])
-    results = {
-        "command": command.strip(),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "elapsed_s": elapsed,
-        "load_average": list(os.getloadavg()),
-        "summary": summary,
-        "latency": lat,
-        "runs": {str(s): r for s, r in runs.items()},
-    }
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    text = table(args, summary, lat)
-    test_images = _test_images(args.img_size)
-    notes = (
-        f"\n{len(args.seeds)} seed(s) ({', '.join(map(str, args.seeds))}); test accuracy over "
-        f"{test_images} images (one image = {100 / test_images:.2f} points), mean ± std over "
-        f"seeds. Latency: batch 1, seed {args.seeds[0]}'s nets, median of {args.latency_rounds} "
-        f"interleaved rounds, {torch.get_num_threads()} thread(s). {elapsed / 60:.1f} min.\n"
-    )
-    if "acceptance" in summary:
-        a = summary["acceptance"]
-        notes += (
-            f"Acceptance (≥ 30 % MACs, ≤ 0.5 points): MACs −{100 * a['macs_reduction']:.1f} %, "
-            f"loss {a['loss_points']:+.2f} points vs baseline: "
-            f"{'passed' if a['passed'] else 'NOT passed'}.\n"
-        )
-    (args.out / "table.md").write_text(text + notes)
-    sys.stdout.write(text + notes)
+    path = args.out / "results.json"
+    if args.report_only:
+        results = json.loads(path.read_text())
+        settings = {**results["settings"], "out": args.out, "report_only": True}
+        args = argparse.Namespace(**settings)
+    else:
+        torch.set_num_threads(args.threads)
+        args.out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        runs = {str(seed): one_seed(args, seed) for seed in args.seeds}
+        lat = latency(args, args.seeds[0])
+        command = "PYTHONPATH=. python scripts/prune_study.py " + " ".join(sys.argv[1:])
+        results = {
+            "command": command.strip(),
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "elapsed_s": time.perf_counter() - start,
+            "load_average": list(os.getloadavg()),
+            "latency": lat,
+            "runs": runs,
+        }
+    results["summary"] = summarize(args, results["runs"])
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    text = render(args, results)
+    (args.out / "table.md").write_text(text)
+    sys.stdout.write(text)
     return 0
 
 
