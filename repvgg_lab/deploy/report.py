@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from repvgg_lab.deploy.latency import paired_ratio
 from repvgg_lab.models import DriftReport
 from repvgg_lab.models.drift import METRIC_NAMES
 
@@ -15,7 +16,7 @@ DRIFT_KEYS = tuple(f"drift/{name}" for name in METRIC_NAMES)
 _SOURCE_ONLY = {
     k for k in DRIFT_KEYS if k != "drift/vs_fp64/deploy_rel_max" and "underflow" not in k
 }
-LATENCY_COLUMNS = ("train", "deploy", "onnx")
+LATENCY_COLUMNS = ("train", "unpruned", "deploy", "onnx")
 
 
 def drift_metrics(drift: DriftReport, has_source: bool) -> dict[str, float | None]:
@@ -31,6 +32,19 @@ def latency_metrics(batch: int, results: dict[str, dict[str, Any]]) -> dict[str,
     return {f"latency/bs{batch}/{name}_ms": r["median_ms"] for name, r in results.items()}
 
 
+def prune_latency_metrics(
+    results: dict[str, dict[str, Any]], before: str, after: str
+) -> dict[str, float]:
+    """`prune/latency_{before,after}_ms` (medians) and `prune/speedup` (median per-round ratio)
+    from one interleaved measurement that timed the unpruned net as `before`, the pruned as
+    `after`."""
+    return {
+        "prune/latency_before_ms": results[before]["median_ms"],
+        "prune/latency_after_ms": results[after]["median_ms"],
+        "prune/speedup": paired_ratio(results, before, after),
+    }
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
@@ -43,17 +57,42 @@ def _fmt(value: Any) -> str:
     return f"{value:.3e}"
 
 
+def _pruning_table(m: dict[str, Any], input_size: int) -> Table:
+    """Before/after pruning: cost, batch-1 latency, and the deviation it caused."""
+    exact = bool(m.get("prune/exact"))
+    table = Table(
+        title="channel pruning (" + ("exact" if exact else "lossy: fine-tune to recover") + ")",
+        caption="deviation: pruned net vs the float64 reference, on the verification batch",
+        header_style="bold",
+    )
+    for name, justify in (("", "left"), ("before", "right"), ("after", "right")):
+        table.add_column(name, justify=justify)
+    for label, key in (
+        ("parameters", "prune/params_{}"),
+        (f"MACs @{input_size}", "prune/macs_{}"),
+        ("CPU latency bs1, median ms", "prune/latency_{}_ms"),
+    ):
+        table.add_row(label, _fmt(m.get(key.format("before"))), _fmt(m.get(key.format("after"))))
+    table.add_row("max|err|/max|ref|", "", _fmt(m.get("prune/rel_max")))
+    table.add_row("top-1 agreement", "", _fmt(m.get("prune/top1_agree")))
+    return table
+
+
 def render(report: dict[str, Any]) -> Group:
     """The report as console tables: conversion, checks, latency."""
     m, src, settings = report["metrics"], report["source"], report["settings"]
+    pruned = "prune/macs_after" in m
+    caption = f"reference: {report['reference']}"
+    if pruned:
+        caption += "; deploy: cost after pruning, error of the conversion before it"
     conversion = Table(
         title=f"{src['model']} ({src['format']}, {src['num_classes']} classes)",
-        caption=f"reference: {report['reference']}",
+        caption=caption,
         header_style="bold",
     )
     conversion.add_column("")
     conversion.add_column("train (multi-branch)", justify="right")
-    conversion.add_column("deploy (plain)", justify="right")
+    conversion.add_column("deploy (plain, pruned)" if pruned else "deploy (plain)", justify="right")
     for label, key in (
         ("parameters", "params/{}"),
         (f"MACs @{settings['input_size']}", "macs/{}"),
@@ -76,13 +115,17 @@ def render(report: dict[str, Any]) -> Group:
             checks.add_row(key, _fmt(m.get(key)))
 
     parts: list[Any] = [conversion, checks]
+    if pruned:
+        parts.append(_pruning_table(m, settings["input_size"]))
     if settings["batch_sizes"]:
         latency = Table(title="CPU latency, median ms", header_style="bold")
         latency.add_column("batch", justify="right")
-        for name in (*LATENCY_COLUMNS, "train/deploy"):
+        # The unpruned column only when the deploy pruned (the others are always there or —).
+        columns = [c for c in LATENCY_COLUMNS if c != "unpruned" or pruned]
+        for name in (*columns, "train/deploy"):
             latency.add_column(name, justify="right")
         for b in settings["batch_sizes"]:
-            cells = [_fmt(m.get(f"latency/bs{b}/{name}_ms")) for name in LATENCY_COLUMNS]
+            cells = [_fmt(m.get(f"latency/bs{b}/{name}_ms")) for name in columns]
             latency.add_row(str(b), *cells, _fmt(m.get(f"latency/bs{b}/speedup")))
         parts.append(latency)
     return Group(*parts)

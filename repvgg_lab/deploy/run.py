@@ -8,7 +8,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from repvgg_lab.deploy.export import (
     load_program,
 )
 from repvgg_lab.deploy.latency import measure_latency, paired_ratio
-from repvgg_lab.deploy.report import drift_metrics, latency_metrics
+from repvgg_lab.deploy.report import drift_metrics, latency_metrics, prune_latency_metrics
 from repvgg_lab.deploy.source import Source, load_source, save_plain
 from repvgg_lab.deploy.verify import (
     OnnxRunner,
@@ -41,7 +41,8 @@ from repvgg_lab.deploy.verify import (
 )
 from repvgg_lab.fileio import write_json
 from repvgg_lab.models import count_macs, count_params, measure_drift
-from repvgg_lab.reparam import rel_max
+from repvgg_lab.models.prune import PruningError, prune_net
+from repvgg_lab.reparam import rel_max, top1_agree
 from repvgg_lab.reparam import tolerance as default_tolerance
 
 log = logging.getLogger(__name__)
@@ -122,14 +123,19 @@ def _latency(
     batch_sizes: Sequence[int],
     rounds: int,
     warmup: int,
+    unpruned: torch.nn.Module | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Median latency metrics, and every round's times (report.json) to judge the noise."""
+    """Median latency metrics, and every round's times (report.json) to judge the noise; with
+    `unpruned`, the plain net before pruning runs in the same rounds (`prune/latency_*` at
+    batch 1)."""
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
     gen = torch.Generator().manual_seed(0)
     for batch in batch_sizes:
         x = torch.randn(batch, src.in_channels, input_size, input_size, generator=gen)
         fns = {"deploy": partial(src.plain, x), "onnx": partial(runner.run_numpy, x.numpy())}
+        if unpruned is not None:
+            fns = {"unpruned": partial(unpruned, x), **fns}
         if src.source is not None:
             fns = {"train": partial(src.source, x), **fns}
         with torch.inference_mode():
@@ -138,6 +144,8 @@ def _latency(
         details[f"bs{batch}"] = results
         if "train" in results:
             metrics[f"latency/bs{batch}/speedup"] = paired_ratio(results, "train", "deploy")
+        if unpruned is not None and batch == 1:
+            metrics.update(prune_latency_metrics(results, "unpruned", "deploy"))
         log.info(
             "latency at batch %d: %s",
             batch,
@@ -211,14 +219,68 @@ def _costs(src: Source, input_size: int) -> dict[str, int | None]:
 
 
 def _real_images(
-    src: Source, runner: OnnxRunner, images: tuple[torch.Tensor, torch.Tensor]
+    src: Source,
+    runner: OnnxRunner,
+    images: tuple[torch.Tensor, torch.Tensor],
+    unpruned: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     x, labels = images
     outputs = {"deploy": run_torch(src.plain, x), "onnx": runner(x)}
     if src.source is not None:
         outputs["train"] = run_torch(src.source, x)
-    truth = run_torch(src.source if src.source is not None else src.plain, x, torch.float64)
+    if unpruned is not None:
+        outputs["unpruned"] = run_torch(unpruned, x)
+    # The float64 truth is the source, or the plain net as loaded when there is no source.
+    reference = next(n for n in (src.source, unpruned, src.plain) if n is not None)
+    truth = run_torch(reference, x, torch.float64)
     return check_real_images(outputs, truth, labels)
+
+
+def _prune(
+    src: Source,
+    options: Mapping[str, Any],
+    input_size: int,
+    x: torch.Tensor,
+    truth: torch.Tensor,
+    tolerance: float,
+    hint: str,
+) -> tuple[torch.nn.Module, dict[str, float], dict[str, Any], torch.Tensor]:
+    """Prune `src.plain` (verified already) and put the pruned net in its place.
+
+    Returns the unpruned plain net, the `prune/*` metrics, the pruning summary and the float64
+    reference the exports are checked against. Exact pruning (every removed channel scored 0)
+    claims the source's function, so it must stay within `tolerance` of the source's float64
+    truth like the conversion itself; lossy pruning changes the function on purpose, so its
+    deviation is reported (`prune/rel_max`, `prune/top1_agree`), not refused, and the exports
+    are checked against the pruned net in float64 instead."""
+    unpruned = src.plain
+    try:
+        pruned, summary = prune_net(unpruned, input_size, **options)
+    except PruningError as err:
+        raise DeployError(f"cannot prune {src.model_name}: {err}") from None
+    pruned.eval()
+    y = run_torch(pruned, x)
+    exact = bool(summary.get("exact", False))
+    metrics: dict[str, float] = {k: v for k, v in summary.items() if k.startswith("prune/")}
+    metrics.update(
+        {
+            "prune/exact": float(exact),
+            "prune/rel_max": rel_max(truth, y),
+            "prune/top1_agree": top1_agree(truth, y),
+        }
+    )
+    if exact:
+        _gate({"exactly pruned net": metrics["prune/rel_max"]}, tolerance, hint)
+    log.info(
+        "pruned (%s): MACs %d -> %d, max|err|/max|ref| vs float64 of the source %.3g",
+        "exact" if exact else "lossy",
+        metrics["prune/macs_before"],
+        metrics["prune/macs_after"],
+        metrics["prune/rel_max"],
+    )
+    src.plain = pruned
+    reference = truth if exact else run_torch(pruned, x, torch.float64)
+    return unpruned, metrics, summary, reference
 
 
 def _write_exports(
@@ -265,13 +327,16 @@ def deploy(
     opset: int = DEFAULT_OPSET,
     seed: int | None = 0,
     threads: int | None = None,
+    prune: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Convert the net in `ckpt`, verify it against float64, export it to `out_dir`; the report.
 
     Files land in `out_dir` only after every check passed (ONNX graph plain, ONNX Runtime and
     reloaded exports agree with PyTorch, drift within `tolerance`); otherwise DeployError and
     the folder is left as it was. `input_size` defaults to the training resolution the checkpoint
-    records, else 224; `threads` sets the CPU threads of PyTorch and ONNX Runtime."""
+    records, else 224; `threads` sets the CPU threads of PyTorch and ONNX Runtime. `prune`
+    (keyword arguments of `repvgg_lab.models.prune.prune_net`, e.g. `{"threshold": 0.0}`)
+    prunes the verified plain net and exports the pruned one (see `_prune` for what is checked)."""
     minimum = {
         "input_size": (input_size, 1),
         "latency.rounds": (rounds, 1),
@@ -305,6 +370,11 @@ def deploy(
             else ""
         )
         _gate({"plain net": drift.deploy_rel_max}, tol, hint)
+        unpruned, prune_metrics, prune_summary, export_truth = None, {}, None, truth
+        if prune is not None:
+            unpruned, prune_metrics, prune_summary, export_truth = _prune(
+                src, prune, input_size, x, truth, tol, hint
+            )
         images = (
             real_batch(verify_data, verify_root, input_size, src.in_channels, verify_size)
             if verify_data
@@ -319,12 +389,17 @@ def deploy(
             raise DeployError(f"cannot write to out_dir={out_dir}: {err.strerror}") from None
         try:
             metrics: dict[str, Any] = drift_metrics(drift, src.source is not None)
-            ops, runner, onnx_metrics = _write_exports(src, staging, x, truth, tol, opset, hint)
+            ops, runner, onnx_metrics = _write_exports(
+                src, staging, x, export_truth, tol, opset, hint
+            )
             metrics.update(onnx_metrics)
             metrics.update(_costs(src, input_size))
+            metrics.update(prune_metrics)
             if images is not None:
-                metrics.update(_real_images(src, runner, images))
-            timing, latency = _latency(src, runner, input_size, batch_sizes, rounds, warmup)
+                metrics.update(_real_images(src, runner, images, unpruned))
+            timing, latency = _latency(
+                src, runner, input_size, batch_sizes, rounds, warmup, unpruned
+            )
             metrics.update(timing)
             settings = {
                 "input_size": input_size,
@@ -339,9 +414,17 @@ def deploy(
                 "rounds": rounds,
                 "warmup": warmup,
                 "threads": torch.get_num_threads(),
+                "prune": dict(prune) if prune is not None else None,
             }
             report = _report(src, ckpt, out_dir, metrics, settings, ops, drift.blocks)
             report["latency"] = latency
+            if prune_summary is not None:
+                report["prune"] = prune_summary
+                if not prune_metrics["prune/exact"]:
+                    report["reference"] += (
+                        "; exports checked against the pruned net in float64 (lossy pruning: "
+                        "its deviation from the reference is prune/rel_max)"
+                    )
             write_json(staging / FILES["metrics"], metrics)
             write_json(staging / FILES["report"], report)
             _publish(staging, out_dir)

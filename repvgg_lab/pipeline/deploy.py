@@ -13,6 +13,7 @@ from rich.console import Console
 from repvgg_lab.deploy import run
 from repvgg_lab.deploy.report import render
 from repvgg_lab.pipeline.common import UserError, user_errors
+from repvgg_lab.pipeline.prune import check_prune, prune_options, pruning_requested
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     """Run the deploy described by `cfg`, print its report table and return its metrics."""
     with user_errors():
         c = _values(cfg)
+        prune = c.get("prune")
+        check_prune(prune)
         report = run.deploy(
             c["ckpt"],
             model=c["model"],
@@ -61,6 +64,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
             opset=c["export"]["opset"],
             seed=c["seed"],
             threads=c["threads"],
+            prune=prune_options(prune) if pruning_requested(prune) else None,
         )
     Console().print(render(report))
     return report["metrics"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from repvgg_lab.deploy.latency import measure_latency
+from repvgg_lab.deploy.report import prune_latency_metrics
 from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.callbacks import Reparameterize, describe
 from repvgg_lab.lit.evaluate import evaluate
@@ -18,6 +22,12 @@ from repvgg_lab.lit.module import ClassifierModule
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
 from repvgg_lab.models.prune import prune_net
 from repvgg_lab.pipeline.common import UserError, user_errors
+from repvgg_lab.pipeline.prune import (
+    check_prune,
+    latency_rounds,
+    prune_options,
+    pruning_requested,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,42 +106,41 @@ def _finetune(cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module) ->
     return metrics
 
 
-def pruning_requested(prune: DictConfig | None) -> bool:
-    """True when the prune node asks for pruning (enabled, or a criterion set by hand)."""
-    if not prune:
-        return False
-    return bool(prune.get("enabled")) or any(
-        prune.get(k) is not None for k in ("threshold", "ratio", "macs_reduction")
-    )
-
-
-def prune_options(prune: DictConfig) -> dict[str, Any]:
-    """The prune node as keyword arguments of `prune_net`."""
-    keys = ("threshold", "ratio", "macs_reduction", "scope", "score", "normalize")
-    options = {k: prune.get(k) for k in keys if prune.get(k) is not None}
-    options.update(min_channels=int(prune.min_channels), multiple=int(prune.multiple))
-    return options
+def _prune_latency(
+    before: torch.nn.Module, after: torch.nn.Module, shape: tuple[int, ...], rounds: int
+) -> dict[str, float]:
+    """Batch-1 CPU latency of the plain net before and after pruning (interleaved rounds, one
+    warm-up each: cheap, and as noisy as the machine is loaded)."""
+    nets = {
+        "before": copy.deepcopy(before).cpu().eval(),
+        "after": copy.deepcopy(after).cpu().eval(),
+    }
+    dtype = next(nets["before"].parameters()).dtype
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.inference_mode():
+        results = measure_latency({k: partial(net, x) for k, net in nets.items()}, rounds, 1)
+    return prune_latency_metrics(results, "before", "after")
 
 
 def _prune(
     cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module
 ) -> tuple[torch.nn.Module, dict[str, float]]:
-    """Prune the plain net, evaluate it before fine-tuning and save it with its shape spec."""
+    """Prune the plain net, time and evaluate it before fine-tuning, save it with its layout."""
     dm, module = parts["datamodule"], parts["module"]
     pruned, info = prune_net(plain, dm.img_size, **prune_options(cfg.prune))
     metrics = {k: float(v) for k, v in info.items() if k.startswith("prune/")}
     metrics["prune/exact"] = float(bool(info.get("exact", False)))
+    rounds = latency_rounds(cfg.prune)
+    if rounds:
+        shape = (1, module.hparams.in_channels, dm.img_size, dm.img_size)
+        metrics.update(_prune_latency(plain, pruned, shape, rounds))
     for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
         metrics[f"prune/{stage}/acc"] = evaluate(pruned, loader, module.device)["acc"]
     _log(parts["loggers"], metrics)
     if parts["trainer"].is_global_zero:
-        hp = module.hparams
-        meta = {
-            "model_name": hp.model_name,
-            "num_classes": hp.num_classes,
-            "deploy": True,
-            "plain_spec": pruned.spec(),
-        }
+        # plain_metadata stores the pruned layout (plain_spec): deploy.py and
+        # repvgg_lab.deploy.load_source rebuild the net from this file alone.
+        meta = plain_metadata(pruned, **describe(module))
         save_weights(pruned, Path(cfg.output_dir) / "pruned.safetensors", meta)
     log.info(
         "pruned: MACs %d -> %d, params %d -> %d, test acc %.4f before fine-tuning",
@@ -167,6 +176,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         log.info("seed %d", cfg.seed)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    check_prune(cfg.get("prune"))  # a bad prune option fails now, not after training
     output_dir = Path(cfg.output_dir)
     parts = build(cfg)
     trainer, module, dm = parts["trainer"], parts["module"], parts["datamodule"]

@@ -1,0 +1,58 @@
+"""The `prune` config node (configs/prune/, deploy.yaml's `prune:`) as `prune_net` arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, get_args
+
+from repvgg_lab.models.prune import Scope, Score
+from repvgg_lab.pipeline.common import UserError
+
+CRITERIA = ("threshold", "ratio", "macs_reduction")
+
+
+def pruning_requested(prune: Mapping[str, Any] | None) -> bool:
+    """True when the prune node asks for pruning (enabled, or a criterion set by hand)."""
+    if not prune:
+        return False
+    return bool(prune.get("enabled")) or any(prune.get(k) is not None for k in CRITERIA)
+
+
+def check_prune(prune: Mapping[str, Any] | None) -> None:
+    """Refuse, before any training or conversion, options that pruning would refuse later."""
+    if not pruning_requested(prune):
+        return
+    assert prune is not None
+    chosen = [f"prune.{k}" for k in CRITERIA if prune.get(k) is not None]
+    if len(chosen) > 1:
+        raise UserError(
+            f"give one pruning criterion, got {' and '.join(chosen)} (set the others to null, "
+            "e.g. prune.macs_reduction=null)"
+        )
+    for key, allowed in (("scope", get_args(Scope)), ("score", get_args(Score))):
+        value = prune.get(key)
+        if value is not None and value not in allowed:
+            raise UserError(f"prune.{key}={value!r} is not one of {', '.join(allowed)}")
+    latency_rounds(prune)
+
+
+def prune_options(prune: Mapping[str, Any]) -> dict[str, Any]:
+    """The prune node as keyword arguments of `prune_net`.
+
+    `enabled` without a criterion means threshold 0: remove only the channels whose removal is
+    exact (zero score), the one setting that can never cost accuracy."""
+    keys = (*CRITERIA, "scope", "score", "normalize")
+    options = {k: prune.get(k) for k in keys if prune.get(k) is not None}
+    if not any(k in options for k in CRITERIA):
+        options["threshold"] = 0.0
+    options["min_channels"] = int(prune.get("min_channels", 1))
+    options["multiple"] = int(prune.get("multiple", 1))
+    return options
+
+
+def latency_rounds(prune: Mapping[str, Any]) -> int:
+    """How many interleaved rounds time the net before and after pruning (0: not timed)."""
+    rounds = prune.get("latency_rounds") or 0
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise UserError(f"prune.latency_rounds must be an integer >= 0, got {rounds!r}")
+    return rounds

@@ -1,0 +1,207 @@
+"""Pruning through the pipelines: `train.py prune=gates` (prune after conversion, then fine-tune)
+and `deploy.py prune.*` (prune the verified plain net, then export), on tiny real runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from repvgg_lab.deploy import load_source
+from repvgg_lab.lit.evaluate import evaluate
+from repvgg_lab.models import count_macs, create_model, read_checkpoint, save_weights
+from repvgg_lab.models.init import randomize_bn
+from repvgg_lab.models.plain import PlainNet
+from repvgg_lab.models.prune import prune_net
+from repvgg_lab.pipeline.deploy import deploy
+from repvgg_lab.pipeline.prune import prune_options
+from repvgg_lab.pipeline.train import train
+from repvgg_lab.reparam import rel_max
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY = [
+    "prune=gates",
+    "logger=none",
+    "data.img_size=16",
+    "data.batch_size=32",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "callbacks.progress_bar=null",
+    "finetune.epochs=1",
+    "prune.latency_rounds=2",
+]
+COUNTS = ["prune/params_before", "prune/params_after", "prune/macs_before", "prune/macs_after"]
+LATENCY = ["prune/latency_before_ms", "prune/latency_after_ms", "prune/speedup"]
+
+
+def compose_config(config_dir: Path, name: str, overrides: list[str]):
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
+        return compose(name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict, object]:
+    """One tiny `train.py prune=gates` job: (run folder, metrics.json, its config)."""
+    run = tmp_path_factory.mktemp("train")
+    cfg = compose_config(CONFIGS, "train", [f"output_dir={run}", *TINY])
+    returned = train(cfg)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics == pytest.approx(returned)
+    return run, metrics, cfg
+
+
+def _digits(size: int):
+    from repvgg_lab.data import DigitsDataModule
+
+    dm = DigitsDataModule(img_size=size, batch_size=32)  # the batches of TINY
+    dm.setup()
+    return dm
+
+
+def test_train_prunes_after_conversion_and_fine_tunes(trained) -> None:
+    run, m, cfg = trained
+    for key in [*COUNTS, *LATENCY, "prune/val/acc", "prune/test/acc", "prune/exact"]:
+        assert key in m, key
+    for key in ("finetune/val/acc", "finetune/test/acc", "finetune/train/loss"):
+        assert key in m, key
+    # prune=gates asks for the least pruning that removes 30 % of the MACs.
+    assert m["prune/macs_after"] <= 0.7 * m["prune/macs_before"]
+    assert m["prune/macs_before"] == m["macs/deploy"]
+    assert m["prune/params_after"] < m["prune/params_before"]
+    assert m["prune/latency_before_ms"] > 0 and m["prune/latency_after_ms"] > 0
+    assert m["train/sparsity_penalty"] > 0  # the gates were trained with the L1 penalty
+
+    # pruned.safetensors rebuilds from its stored layout and is the net that was evaluated...
+    ckpt = read_checkpoint(run / "pruned.safetensors")
+    spec = ckpt.hyper_parameters["plain_spec"]
+    pruned = PlainNet.from_spec(spec)
+    pruned.load_state_dict(ckpt.state_dict)
+    pruned.eval()
+    dm = _digits(16)
+    assert evaluate(pruned, dm.test_dataloader())["acc"] == m["prune/test/acc"]
+    assert count_macs(pruned, 16, 3) == m["prune/macs_after"]
+    # ... and the pruning of the saved plain net with the run's options (deploy's loader).
+    plain = load_source(run / "plain.safetensors").plain
+    again, _ = prune_net(plain, 16, **prune_options(cfg.prune))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), pruned(x))
+
+    # The fine-tuned net keeps the pruned layout, and is what finetune/test/acc measured.
+    tuned = load_source(run / "plain_finetuned.safetensors").plain
+    assert tuned.spec() == spec
+    acc = evaluate(tuned, itertools.islice(dm.test_dataloader(), 2))["acc"]  # limit_test_batches
+    assert acc == pytest.approx(m["finetune/test/acc"], abs=1e-6)
+    with torch.no_grad():
+        assert not torch.equal(tuned(x), pruned(x))  # fine-tuning changed the weights
+
+
+def test_two_pruning_criteria_fail_before_training(tmp_path, capsys) -> None:
+    cfg = compose_config(CONFIGS, "train", [f"output_dir={tmp_path}", *TINY, "prune.ratio=0.2"])
+    with pytest.raises(SystemExit) as exit_info:
+        train(cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prune.ratio" in err[0] and "prune.macs_reduction" in err[0]
+    assert not (tmp_path / "checkpoints").exists()  # refused before any training
+
+
+def test_deploy_prune_node_has_the_train_keys() -> None:
+    train_keys = set(yaml.safe_load((CONFIGS / "prune" / "none.yaml").read_text())["prune"])
+    deploy_keys = set(yaml.safe_load((CONFIGS / "deploy" / "deploy.yaml").read_text())["prune"])
+    assert deploy_keys == train_keys - {"sparsity", "latency_rounds"}
+
+
+def _deploy(ckpt: Path, out: Path, *overrides: str) -> dict:
+    cfg = compose_config(
+        CONFIGS / "deploy",
+        "deploy",
+        [
+            f"ckpt={ckpt}",
+            f"out_dir={out}",
+            "latency.batch_sizes=[1]",
+            "latency.rounds=2",
+            "latency.warmup=0",
+            "verify.batch=2",
+            *overrides,
+        ],
+    )
+    assert OmegaConf.select(cfg, "prune.enabled") is False
+    deploy(cfg)
+    return json.loads((out / "report.json").read_text())
+
+
+def _onnx_conv_channels(path: Path) -> int:
+    """Output channels of all Conv nodes of an exported graph (their weights' first dim)."""
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    return sum(inits[n.input[1]].dims[0] for n in model.graph.node if n.op_type == "Conv")
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def test_deploy_exact_pruning_at_threshold_zero(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = randomize_bn(create_model("repvgg_a0", num_classes=10, gate=True), seed=0).eval()
+    gates = [b.gate for b in [net.stem, *(b for s in net.stages for b in s)]]
+    dead = 0
+    with torch.no_grad():
+        for i, g in enumerate(gates):  # a zero gate makes its channel dead (act(0) = 0)
+            g[i % 3 :: 5] = 0.0
+            dead += int((g == 0).sum())
+    meta = {"model_name": "repvgg_a0", "num_classes": 10, "input_size": 32}
+    meta["model_kwargs"] = {"gate": True}
+    ckpt = save_weights(net, tmp_path / "gated.safetensors", meta)
+    out = tmp_path / "out"
+    report = _deploy(ckpt, out, "prune.threshold=0")
+    m = report["metrics"]
+    assert m["prune/exact"] == 1.0 and report["prune"]["exact"] is True
+    assert m["prune/rel_max"] <= report["settings"]["tolerance"]
+    assert m["prune/top1_agree"] == 1.0
+    assert (
+        m["prune/macs_after"] < m["prune/macs_before"] and m["macs/deploy"] == m["prune/macs_after"]
+    )
+    # Exactly the dead channels are gone from the exported graph (no carriers: they are zeros).
+    before = sum(g.numel() for g in gates)
+    assert _onnx_conv_channels(out / "model.onnx") == before - dead
+    # The exported graph still computes the source's function, at another input size too.
+    x = torch.randn(3, 3, 40, 40)
+    with torch.no_grad():
+        truth = net.double()(x.double())
+    assert rel_max(truth, _run_onnx(out / "model.onnx", x)) <= 1e-5
+
+
+def test_deploy_lossy_pruning_of_a_trained_checkpoint(trained, tmp_path) -> None:
+    run, _, _ = trained
+    out = tmp_path / "out"
+    report = _deploy(run / "checkpoints" / "last.ckpt", out, "prune.macs_reduction=0.3")
+    m = report["metrics"]
+    assert all(k in m for k in [*COUNTS, *LATENCY, "prune/rel_max", "prune/top1_agree"])
+    assert m["prune/exact"] == 0.0
+    assert m["prune/macs_after"] <= 0.7 * m["prune/macs_before"]
+    assert m["prune/params_after"] == m["params/deploy"] < m["prune/params_before"]
+    # The conversion itself was verified and stays exact; the exports are the pruned net.
+    assert m["drift/vs_fp64/deploy_rel_max"] <= report["settings"]["tolerance"]
+    assert "pruned net in float64" in report["reference"]
+    assert json.loads((out / "metrics.json").read_text()) == m
+    pruned = load_source(out / "model.safetensors").plain
+    unpruned = load_source(run / "plain.safetensors").plain
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        y, y_unpruned = pruned(x), unpruned(x)
+    assert rel_max(y, _run_onnx(out / "model.onnx", x)) <= 1e-5
+    assert rel_max(y_unpruned, y) > 1e-3  # lossy indeed: the pruned net is another function
+    assert count_macs(pruned, 16, 3) == m["prune/macs_after"]
