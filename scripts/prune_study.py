@@ -98,17 +98,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         f"trainer.max_epochs={epochs}",
         "prune.macs_reduction=null",
     ]
-    # Without a monitor the checkpoint callback keeps the latest epoch, so last.ckpt holds the
-    # final weights (with val/acc monitored it holds the last epoch that improved val/acc).
-    sparse = run_job(
-        folder / "sparse",
-        [
-            *gates,
-            "prune.enabled=false",
-            "finetune.epochs=0",
-            "callbacks.model_checkpoint.monitor=null",
-        ],
-    )
+    # last.ckpt holds the final epoch's weights: the resumed runs below start from them.
+    sparse = run_job(folder / "sparse", [*gates, "prune.enabled=false", "finetune.epochs=0"])
     last = folder / "sparse" / "checkpoints" / "last.ckpt"
     pruned: dict[str, dict[str, float]] = {}
     for target in args.targets:
