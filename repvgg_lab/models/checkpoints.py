@@ -32,8 +32,9 @@ OFFICIAL_TO_OURS: list[tuple[str, str]] = [
 ]
 _WRAPPER_PREFIXES = ("module.", "net.", "model.", "_orig_mod.")
 _DEPLOY_MARKERS = (".reparam_conv.", ".rbr_reparam.")
-# A PlainNet (RMNet conversions, pruned nets) names its layers features.<i>.conv.
-_PLAIN_NET_KEY = re.compile(r"^features\.\d+\.conv\.")
+# A PlainNet (RMNet conversions, pruned nets) names its convs features.<i>.conv.{weight,bias}
+# (torchvision's MobileNetV2 has features.<i>.conv.<j>..., so match the whole key).
+_PLAIN_NET_KEY = re.compile(r"^features\.\d+\.conv\.(weight|bias)$")
 
 
 def _deploy_form(keys: Any) -> bool:

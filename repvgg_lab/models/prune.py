@@ -1,9 +1,10 @@
-"""Channel pruning of plain nets, RepVGG -> PlainNet, and the sparsity-training helpers.
+"""Exact channel pruning of plain nets (PlainNet; RepVGG via `as_plain_net`).
 
-Pipeline use: train with `create_model(name, gate=True)` and `loss + lam * sparsity_penalty(model)`;
-then `plain = as_plain_net(model)`, `pruned, info = prune_plain(plain, threshold=0.0)` (or
-`prune_to_macs(plain, 0.3, input_size)`), fine-tune `pruned`, and log
-`prune_summary(plain, pruned, input_size)`. The math lives in `repvgg_lab.reparam.prune`.
+Pipeline use: train with `create_model(name, gate=True)` and `loss + lam * sparsity_penalty(model)`
+(`repvgg_lab.models.gates`); then `plain = as_plain_net(model)`,
+`pruned, info = prune_plain(plain, threshold=0.0)` (or `prune_to_macs(plain, 0.3, input_size)`),
+fine-tune `pruned`, and log `prune_summary(plain, pruned, input_size)`. The math lives in
+`repvgg_lab.reparam.prune`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from repvgg_lab.errors import InputError
-from repvgg_lab.models.convert import reparameterize
 from repvgg_lab.models.cost import count_macs, count_params
-from repvgg_lab.models.plain import PlainLayer, PlainNet, activation_bounds, make_activation
-from repvgg_lab.models.repvgg import RepVGG
+from repvgg_lab.models.plain import (
+    PlainLayer,
+    PlainNet,
+    activation_bounds,
+    as_plain_net,
+    make_activation,
+)
 from repvgg_lab.reparam.prune import (
     constant_outputs,
     effective_norms,
@@ -44,72 +49,6 @@ Score = Literal["l2", "l2_next"]
 
 class PruningError(InputError):
     """A model or an option that pruning cannot handle; the message says why."""
-
-
-# ----------------------------------------------------------------------------- sparsity training
-
-
-def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every per-channel gate (`module.gate` parameters, e.g. RepVGGBlock(gate=True)) in `model`."""
-    return [m.gate for m in model.modules() if isinstance(getattr(m, "gate", None), nn.Parameter)]
-
-
-def sparsity_penalty(model: nn.Module) -> Tensor:
-    """L1 norm of all channel gates (sum of |g|); the loss gets `lam * sparsity_penalty(model)`."""
-    gates = gate_parameters(model)
-    if not gates:
-        raise PruningError(
-            f"{type(model).__name__} has no channel gates; build it with gate=True "
-            "(e.g. create_model(name, gate=True)) to train with a sparsity penalty"
-        )
-    return torch.stack([g.abs().sum() for g in gates]).sum()
-
-
-def shrink_gates_(model: nn.Module, amount: float) -> int:
-    """Proximal L1 step after an optimizer step: g <- sign(g) * max(|g| - amount, 0) (use
-    amount = lr * lam). Unlike the penalty's gradient it sets gates exactly to 0, which makes
-    those channels exactly dead; returns how many gates are now 0."""
-    if amount < 0:
-        raise ValueError(f"shrink amount must be >= 0, got {amount}")
-    zeros = 0
-    with torch.no_grad():
-        for g in gate_parameters(model):
-            g.copy_(torch.sign(g) * torch.clamp(g.abs() - amount, min=0.0))
-            zeros += int((g == 0).sum())
-    return zeros
-
-
-# ----------------------------------------------------------------------------- plain form
-
-
-def _repvgg_blocks(model: RepVGG) -> list[nn.Module]:
-    return [model.stem, *(block for stage in model.stages for block in stage)]
-
-
-def as_plain_net(model: nn.Module) -> PlainNet:
-    """The PlainNet computing the same function as `model` (a PlainNet is returned as is).
-
-    A RepVGG is re-parameterized first if needed (float64 fusion, `model` untouched); its deploy
-    convs and head are copied unchanged, so outputs are bitwise equal. SE models are refused."""
-    if isinstance(model, PlainNet):
-        return model
-    if not isinstance(model, RepVGG):
-        raise PruningError(
-            f"{type(model).__name__} has no PlainNet form; pruning supports RepVGG models "
-            "(without SE) and PlainNet (e.g. RMNet's plain conversion)"
-        )
-    if any(not isinstance(block.attn, nn.Identity) for block in _repvgg_blocks(model)):
-        raise PruningError(
-            "squeeze-excitation blocks (e.g. repvgg_d2se) scale channels by an input-dependent "
-            "factor, so the model is not a plain conv chain and cannot be channel-pruned"
-        )
-    deployed = model if all(b.deploy for b in _repvgg_blocks(model)) else reparameterize(model)
-    layers = [
-        PlainLayer(copy.deepcopy(block.reparam_conv), copy.deepcopy(block.act))
-        for block in _repvgg_blocks(deployed)
-    ]
-    net = PlainNet(layers, copy.deepcopy(deployed.head))
-    return net.train(model.training)
 
 
 # ----------------------------------------------------------------------------- pruning

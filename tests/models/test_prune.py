@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from repvgg_lab.errors import InputError
 from repvgg_lab.models import (
     RepVGGBlock,
     count_macs,
@@ -15,18 +16,15 @@ from repvgg_lab.models import (
     create_model,
     reparameterize,
 )
+from repvgg_lab.models.gates import gate_parameters, shrink_gates_, sparsity_penalty
 from repvgg_lab.models.init import randomize_bn
-from repvgg_lab.models.plain import PlainNet, activation_bounds
+from repvgg_lab.models.plain import PlainNet, activation_bounds, as_plain_net
 from repvgg_lab.models.prune import (
     PruningError,
-    as_plain_net,
     channel_scores,
-    gate_parameters,
     prune_plain,
     prune_summary,
     prune_to_macs,
-    shrink_gates_,
-    sparsity_penalty,
 )
 from repvgg_lab.models.repvgg import RepVGGConfig
 from repvgg_lab.reparam.prune import fold_into_bias, prune_inputs
@@ -358,7 +356,7 @@ def test_bad_options_and_models_get_clear_errors():
     pooled.features[1].pool = nn.AvgPool2d(2)
     with pytest.raises(PruningError, match="not a max-pool"):
         prune_plain(pooled, threshold=0.0)
-    with pytest.raises(PruningError, match="no PlainNet form"):
+    with pytest.raises(InputError, match="no PlainNet form"):
         as_plain_net(nn.Linear(2, 2))
 
 
@@ -396,7 +394,7 @@ def test_as_plain_net_copies_a_deploy_repvgg_exactly():
 
 
 def test_as_plain_net_refuses_squeeze_excitation():
-    with pytest.raises(PruningError, match="squeeze-excitation"):
+    with pytest.raises(InputError, match="squeeze-excitation"):
         as_plain_net(_small(se=True))
 
 
@@ -499,7 +497,7 @@ def test_sparsity_penalty_is_the_l1_norm_of_the_gates():
     penalty.backward()
     for g in gate_parameters(model):
         assert torch.equal(g.grad, torch.sign(g.detach()))
-    with pytest.raises(PruningError, match="gate=True"):
+    with pytest.raises(InputError, match="gate=True"):
         sparsity_penalty(_small())
 
 
