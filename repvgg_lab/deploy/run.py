@@ -244,9 +244,12 @@ def _prune(
     truth: torch.Tensor,
     tolerance: float,
     hint: str,
+    calibration: torch.Tensor | None = None,
 ) -> tuple[torch.nn.Module, dict[str, float], dict[str, Any], torch.Tensor]:
     """Prune `src.plain` (verified already) and put the pruned net in its place.
 
+    `options` are `prune_net`'s; with `max_batches` among them, the `calibration` images (split
+    into batches of the verification batch size) calibrate it.
     Returns the unpruned plain net, the `prune/*` metrics, the pruning summary and the float64
     reference the exports are checked against. Exact pruning (every removed channel scored 0)
     claims the source's function, so it must stay within `tolerance` of the source's float64
@@ -254,6 +257,10 @@ def _prune(
     deviation is reported (`prune/rel_max`, `prune/top1_agree`), not refused, and the exports
     are checked against the pruned net in float64 instead."""
     unpruned = src.plain
+    options = dict(options)
+    if "max_batches" in options:
+        assert calibration is not None  # deploy() loads verify.data first
+        options["batches"] = calibration.split(len(x))
     try:
         pruned, summary = prune_net(unpruned, input_size, **options)
     except PruningError as err:
@@ -347,6 +354,10 @@ def deploy(
     }
     _check_options(minimum, tolerance, batch_sizes, opset)
     check_verify_data(verify_data, verify_root)
+    if prune is not None and "max_batches" in prune and not verify_data:
+        raise DeployError(
+            "prune.calibration_batches needs real images: set verify.data=digits|imagenet"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DeployError(f"out_dir is not a folder: {out_dir}")
@@ -370,16 +381,17 @@ def deploy(
             else ""
         )
         _gate({"plain net": drift.deploy_rel_max}, tol, hint)
-        unpruned, prune_metrics, prune_summary, export_truth = None, {}, None, truth
-        if prune is not None:
-            unpruned, prune_metrics, prune_summary, export_truth = _prune(
-                src, prune, input_size, x, truth, tol, hint
-            )
         images = (
             real_batch(verify_data, verify_root, input_size, src.in_channels, verify_size)
             if verify_data
             else None
         )
+        unpruned, prune_metrics, prune_summary, export_truth = None, {}, None, truth
+        if prune is not None:
+            calibration = images[0] if images is not None else None
+            unpruned, prune_metrics, prune_summary, export_truth = _prune(
+                src, prune, input_size, x, truth, tol, hint, calibration
+            )
 
         # 2. Export into a staging folder inside out_dir, check every file, then move into place.
         try:

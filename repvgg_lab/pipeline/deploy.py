@@ -13,7 +13,12 @@ from rich.console import Console
 from repvgg_lab.deploy import run
 from repvgg_lab.deploy.report import render
 from repvgg_lab.pipeline.common import UserError, user_errors
-from repvgg_lab.pipeline.prune import check_prune, prune_options, pruning_requested
+from repvgg_lab.pipeline.prune import (
+    calibration_batches,
+    check_prune,
+    prune_options,
+    pruning_requested,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,14 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _prune_arguments(prune: dict[str, Any]) -> dict[str, Any]:
+    """`prune_net` keyword arguments; calibration becomes `max_batches` (of verify.data)."""
+    options = prune_options(prune)
+    if n_batches := calibration_batches(prune):
+        options["max_batches"] = n_batches
+    return options
 
 
 def _default_out_dir() -> str:
@@ -64,7 +77,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
             opset=c["export"]["opset"],
             seed=c["seed"],
             threads=c["threads"],
-            prune=prune_options(prune) if pruning_requested(prune) else None,
+            prune=_prune_arguments(prune) if pruning_requested(prune) else None,
         )
     Console().print(render(report))
     return report["metrics"]

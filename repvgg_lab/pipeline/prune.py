@@ -33,7 +33,11 @@ def check_prune(prune: Mapping[str, Any] | None) -> None:
         value = prune.get(key)
         if value is not None and value not in allowed:
             raise UserError(f"prune.{key}={value!r} is not one of {', '.join(allowed)}")
-    latency_rounds(prune)
+    if prune.get("score") == "act" and not calibration_batches(prune):
+        raise UserError(
+            "prune.score=act measures activations: set prune.calibration_batches to a number > 0"
+        )
+    latency_rounds(prune)  # both raise on a bad value
 
 
 def prune_options(prune: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,9 +54,18 @@ def prune_options(prune: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+def calibration_batches(prune: Mapping[str, Any]) -> int:
+    """How many batches of real images calibrate the pruning (0: the weights alone decide)."""
+    return _count(prune, "calibration_batches")
+
+
 def latency_rounds(prune: Mapping[str, Any]) -> int:
     """How many interleaved rounds time the net before and after pruning (0: not timed)."""
-    rounds = prune.get("latency_rounds") or 0
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise UserError(f"prune.latency_rounds must be an integer >= 0, got {rounds!r}")
-    return rounds
+    return _count(prune, "latency_rounds")
+
+
+def _count(prune: Mapping[str, Any], key: str) -> int:
+    value = prune.get(key) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"prune.{key} must be an integer >= 0, got {value!r}")
+    return value

@@ -23,6 +23,7 @@ from repvgg_lab.models.checkpoints import plain_metadata, save_weights
 from repvgg_lab.models.prune import prune_net
 from repvgg_lab.pipeline.common import UserError, user_errors
 from repvgg_lab.pipeline.prune import (
+    calibration_batches,
     check_prune,
     latency_rounds,
     prune_options,
@@ -127,7 +128,12 @@ def _prune(
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """Prune the plain net, time and evaluate it before fine-tuning, save it with its layout."""
     dm, module = parts["datamodule"], parts["module"]
-    pruned, info = prune_net(plain, dm.img_size, **prune_options(cfg.prune))
+    options = prune_options(cfg.prune)
+    if n_batches := calibration_batches(cfg.prune):
+        # The same training images (eval transforms) every time: reruns prune alike.
+        images, _ = dm.fixed_batch("train", n_batches * dm.batch_size)
+        options["batches"] = images.split(dm.batch_size)
+    pruned, info = prune_net(plain, dm.img_size, **options)
     metrics = {k: float(v) for k, v in info.items() if k.startswith("prune/")}
     metrics["prune/exact"] = float(bool(info.get("exact", False)))
     rounds = latency_rounds(cfg.prune)

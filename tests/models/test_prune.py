@@ -18,7 +18,7 @@ from repvgg_lab.models import (
 )
 from repvgg_lab.models.gates import gate_parameters, shrink_gates_, sparsity_penalty
 from repvgg_lab.models.init import randomize_bn
-from repvgg_lab.models.plain import PlainNet, activation_bounds, as_plain_net
+from repvgg_lab.models.plain import PlainNet, as_plain_net
 from repvgg_lab.models.prune import (
     PruningError,
     channel_scores,
@@ -28,123 +28,14 @@ from repvgg_lab.models.prune import (
 )
 from repvgg_lab.models.repvgg import RepVGGConfig
 from repvgg_lab.reparam.prune import fold_into_bias, prune_inputs
+from tests.helpers.prune_nets import REMOVABLE, assert_equivalent, build_net, features, rel
 
-INF = math.inf
 SIZES = (32, 33)  # 33: stride-2 convs then read their bottom/right zero padding
-
-
-def _layer(cin, cout, k=3, s=1, p=1, g=1, act="ReLU", pool=None):
-    return {
-        "in_channels": cin,
-        "out_channels": cout,
-        "kernel_size": k,
-        "stride": s,
-        "padding": p,
-        "groups": g,
-        "act": act,
-        "pool": pool,
-    }
-
-
-# Channels made removable in each layer of the test net: (channel, kind). "dead" outputs 0,
-# "const" a non-zero constant; both get a zero filter.
-REMOVABLE = {
-    0: [(1, "dead"), (5, "dead"), (3, "const"), (8, "const"), (12, "const")],
-    1: [(0, "dead"), (2, "const"), (9, "const")],
-    2: [(0, "dead"), (13, "dead"), (2, "const"), (14, "const"), (20, "const")],
-    # feeds a groups=2 conv: 2 per block of 12.
-    3: [(7, "dead"), (3, "const"), (15, "const"), (22, "dead")],
-    # groups=2 layer: 3 zero filters in block 0, 2 in block 1 -> only 2 per block may go.
-    4: [(1, "dead"), (5, "const"), (9, "const"), (17, "dead"), (20, "const")],
-    # feeds a groups=4 conv: 2 per block of 8.
-    5: [(0, "dead"), (3, "const"), (9, "const"), (12, "dead")]
-    + [(18, "dead"), (21, "const"), (27, "const"), (30, "dead")],
-    6: [(2, "dead"), (10, "const"), (19, "dead"), (25, "const")],
-}
-
-
-def _test_net(seed: int = 0) -> PlainNet:
-    """7 layers covering every case: ReLU / ReLU6 / mixed clamp / identity activations, stride 2
-    with zero padding, a padded max-pool after constant channels, a padding-free 1x1 consumer,
-    grouped producers and consumers, and constant channels feeding the head."""
-    spec = {
-        "layers": [
-            _layer(3, 16, s=2),
-            _layer(16, 16, act="ReLU6", pool=[3, 2, 1]),
-            _layer(16, 24, act="ChannelClamp"),
-            _layer(24, 24, k=1, p=0, act="Identity"),
-            _layer(24, 32, s=2, g=2),
-            _layer(32, 32, act="ChannelClamp"),
-            _layer(32, 32, g=4),
-        ],
-        "num_features": 32,
-        "num_classes": 7,
-    }
-    net = PlainNet.from_spec(spec).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        clamp2 = net.features[2].act  # ReLU, identity and [-1, 2] channels side by side
-        clamp2.lower.copy_(torch.tensor([0.0] * 12 + [-INF] * 8 + [-1.0] * 4).view(1, -1, 1, 1))
-        clamp2.upper.copy_(torch.tensor([INF] * 20 + [2.0] * 4).view(1, -1, 1, 1))
-        clamp5 = net.features[5].act  # ReLU and ReLU6 channels: carriers get [1, 1] bounds
-        clamp5.lower.zero_()
-        clamp5.upper.copy_(torch.tensor([INF, 6.0] * 16).view(1, -1, 1, 1))
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2 / fan_in) ** 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
-        for i, channels in REMOVABLE.items():
-            conv = net.features[i].conv
-            lower, upper = activation_bounds(net.features[i].act, conv.out_channels)
-            for j, (c, kind) in enumerate(channels):
-                conv.weight[c] = 0
-                if kind == "dead":
-                    conv.bias[c] = 0.0 if lower[c] < 0 else -0.5 - j * 0.1
-                else:  # alternately saturating and in-range, negative where the clamp allows
-                    value = 0.6 + 0.3 * j
-                    conv.bias[c] = value if lower[c] == 0 or j % 2 else -value
-                    if j % 3 == 0 and upper[c] < INF:
-                        conv.bias[c] = upper[c] + 1.0
-        # Layer 1, channel 4 reads only dead channels of layer 0: zero once those are gone.
-        w1, b1 = net.features[1].conv.weight, net.features[1].conv.bias
-        w1[4] = 0
-        w1[4, [1, 5]] = torch.randn(2, 3, 3, generator=gen)
-        b1[4] = 0.3
-        # ... channel 6 reads only constant channels: varies at the borders, must stay.
-        w1[6] = 0
-        w1[6, [3, 8, 12]] = torch.randn(3, 3, 3, generator=gen)
-    return net
-
-
-def _features(net: PlainNet, x: torch.Tensor) -> list[torch.Tensor]:
-    outs = []
-    for layer in net.features:
-        x = layer(x)
-        outs.append(x)
-    return outs
-
-
-def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float((out - ref).abs().max() / ref.abs().max())
-
-
-def _assert_equivalent(net, pruned, summary, x, rtol):
-    """Every kept channel of every layer equals the original at every pixel; carriers are 1."""
-    with torch.no_grad():
-        ref, out = _features(net, x), _features(pruned, x)
-        for rec, r, o in zip(summary["layers"], ref, out, strict=True):
-            src = torch.tensor(rec["source"])
-            real = src >= 0
-            assert o.shape[1] == src.numel()
-            assert _rel(r[:, src[real]], o[:, real]) <= rtol, f"layer {rec['layer']}"
-            assert bool((o[:, ~real] == 1).all())  # carriers survive padding and max-pooling
-        assert _rel(net(x), pruned(x)) <= rtol
 
 
 @pytest.fixture(scope="module")
 def net_and_pruned():
-    net = _test_net()
+    net = build_net()
     pruned, summary = prune_plain(net, threshold=0.0)
     return net, pruned, summary
 
@@ -183,16 +74,16 @@ def test_threshold_zero_removes_exactly_the_constant_channels(net_and_pruned):
 def test_pruned_net_matches_at_every_pixel_float32(net_and_pruned, size):
     net, pruned, summary = net_and_pruned
     x = torch.randn(2, 3, size, size)
-    _assert_equivalent(net, pruned, summary, x, rtol=2e-6)
+    assert_equivalent(net, pruned, summary, x, rtol=2e-6)
 
 
 @pytest.mark.parametrize("size", (*SIZES, 19))
 def test_pruned_net_matches_at_every_pixel_float64(size):
-    net = _test_net(seed=3).double()
+    net = build_net(seed=3).double()
     pruned, summary = prune_plain(net, threshold=0.0)
     assert pruned.features[0].conv.weight.dtype == torch.float64
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
-    _assert_equivalent(net, pruned, summary, x, rtol=1e-12)
+    assert_equivalent(net, pruned, summary, x, rtol=1e-12)
 
 
 def _collapse_carriers(pruned: PlainNet, summary: dict, layer: int) -> PlainNet:
@@ -221,12 +112,12 @@ def _collapse_carriers(pruned: PlainNet, summary: dict, layer: int) -> PlainNet:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_naive_bias_absorption_is_wrong_on_the_border_only(size):
-    net = _test_net(seed=4).double()
+    net = build_net(seed=4).double()
     pruned, summary = prune_plain(net, threshold=0.0)
     naive = _collapse_carriers(pruned, summary, 0)
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     with torch.no_grad():
-        ref, bad = _features(net, x)[1], _features(naive, x)[1]
+        ref, bad = features(net, x)[1], features(naive, x)[1]
         src = torch.tensor(summary["layers"][1]["source"])
         real = src >= 0
         err = (bad[:, real] - ref[:, src[real]]).abs() / ref.abs().max()
@@ -237,8 +128,8 @@ def test_naive_bias_absorption_is_wrong_on_the_border_only(size):
         ring[..., 1:-1, 1:-1] = 0
         assert float(ring.max()) > 0.05
         # ... and the border error spreads through the later padded convs into the logits.
-        assert _rel(net(x), naive(x)) > 1e-3
-        assert _rel(net(x), pruned(x)) < 1e-12
+        assert rel(net(x), naive(x)) > 1e-3
+        assert rel(net(x), pruned(x)) < 1e-12
 
 
 def test_spec_round_trip_rebuilds_the_pruned_net(net_and_pruned):
@@ -258,18 +149,18 @@ def test_pruning_a_pruned_net_again_changes_nothing(net_and_pruned):
     assert summary2["channels_after"] == summary["channels_after"]
     x = torch.randn(2, 3, 33, 33)
     with torch.no_grad():
-        assert _rel(pruned(x), again(x)) < 2e-6
+        assert rel(pruned(x), again(x)) < 2e-6
 
 
 def test_input_net_is_left_untouched():
-    net = _test_net()
+    net = build_net()
     before = copy.deepcopy(net.state_dict())
     prune_plain(net, ratio=0.5)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
 def test_ratio_per_layer_respects_blocks_minimum_and_multiple():
-    net = _test_net()
+    net = build_net()
     pruned, summary = prune_plain(net, ratio=0.5)
     assert not summary["exact"]  # non-zero filters were removed: an approximation
     kept = [r["kept"] for r in summary["layers"]]
@@ -284,7 +175,7 @@ def test_ratio_per_layer_respects_blocks_minimum_and_multiple():
 
 
 def test_global_ratio_uses_one_threshold_for_all_layers():
-    net = _test_net()
+    net = build_net()
     pruned, summary = prune_plain(net, ratio=0.3, scope="global")
     all_scores = torch.cat(channel_scores(net))
     t = summary["threshold"]
@@ -297,7 +188,7 @@ def test_global_ratio_uses_one_threshold_for_all_layers():
 
 
 def test_l2_next_also_removes_unread_channels_exactly():
-    net = _test_net(seed=7).double()
+    net = build_net(seed=7).double()
     with torch.no_grad():
         net.features[0].conv.bias[0] = 0.8  # a live, varying channel ...
         net.features[1].conv.weight[:, 0] = 0  # ... that layer 1 never reads
@@ -306,17 +197,17 @@ def test_l2_next_also_removes_unread_channels_exactly():
     pruned, by_use = prune_plain(net, threshold=0.0, score="l2_next")
     assert 0 not in by_use["layers"][0]["source"] and by_use["exact"]
     x = torch.randn(2, 3, 33, 33, dtype=torch.float64)
-    _assert_equivalent(net, pruned, by_use, x, rtol=1e-12)
+    assert_equivalent(net, pruned, by_use, x, rtol=1e-12)
 
 
 def test_normalized_scores_have_unit_mean_per_layer():
-    for scores in channel_scores(_test_net(), score="l2_next", normalize=True):
+    for scores in channel_scores(build_net(), score="l2_next", normalize=True):
         assert float(scores.mean()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("scope,size", [("global", 32), ("layer", 33)])
 def test_prune_to_macs_meets_the_target_with_the_least_pruning(scope, size):
-    net = _test_net()
+    net = build_net()
     pruned, summary = prune_to_macs(net, 0.4, size, scope=scope)
     before = count_macs(net, size)
     assert summary["macs_before"] == before
@@ -345,7 +236,7 @@ def test_prune_summary_reports_params_and_macs(net_and_pruned):
 
 
 def test_bad_options_and_models_get_clear_errors():
-    net = _test_net()
+    net = build_net()
     with pytest.raises(PruningError, match="exactly one"):
         prune_plain(net, threshold=0.0, ratio=0.5)
     with pytest.raises(PruningError, match="scope"):
@@ -363,11 +254,11 @@ def test_bad_options_and_models_get_clear_errors():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pruning_stays_on_the_model_device():
-    net = _test_net().double().cuda()
+    net = build_net().double().cuda()
     pruned, summary = prune_plain(net, threshold=0.0)
     assert pruned.features[5].act.lower.is_cuda and pruned.head.fc.weight.is_cuda
     x = torch.randn(2, 3, 33, 33, dtype=torch.float64, device="cuda")
-    _assert_equivalent(net, pruned, summary, x, rtol=1e-12)
+    assert_equivalent(net, pruned, summary, x, rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- RepVGG
@@ -427,7 +318,7 @@ def test_grouped_repvgg_prunes_exactly(size):
         assert new.conv.groups == old.conv.groups
     assert any(r["carriers"] == 4 for r in summary["layers"])
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
-    _assert_equivalent(plain, pruned, summary, x, rtol=1e-12)
+    assert_equivalent(plain, pruned, summary, x, rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- gates
@@ -459,12 +350,12 @@ def test_unit_gates_change_nothing_and_zero_gates_make_dead_channels():
             g[zero] = 0.0
             n_zero.append(int(zero.sum()))
         plain = as_plain_net(model)
-        assert _rel(model(x), plain(x)) < 1e-13  # the gate folds exactly (float64)
+        assert rel(model(x), plain(x)) < 1e-13  # the gate folds exactly (float64)
         pruned, summary = prune_plain(plain, threshold=0.0)
         # A zero gate zeroes filter and bias: the channel is dead, no carrier needed.
         assert [r["dead"] for r in summary["layers"]] == n_zero
         assert all(r["constant"] == 0 and r["carriers"] == 0 for r in summary["layers"])
-        assert _rel(model(x), pruned(x)) < 1e-12
+        assert rel(model(x), pruned(x)) < 1e-12
     # The deploy form of a gated model loads into a gated deploy-form model.
     deploy = RepVGGConfig(depths=(2, 2, 2, 1), widths=(0.25, 0.25, 0.25, 0.5), gate=True).build(
         num_classes=10, deploy=True
@@ -482,7 +373,7 @@ def test_gated_block_reparameterizes_in_place():
         ref = block(x)
         block.reparameterize()
         assert block.gate is None and "gate" not in dict(block.named_parameters())
-        assert _rel(ref, block(x)) < 1e-13
+        assert rel(ref, block(x)) < 1e-13
     assert bool((block.reparam_conv.weight[3] == 0).all()) and block.reparam_conv.bias[3] == 0
 
 
