@@ -50,12 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=0.01, help="per 256 images (SGD)")
     p.add_argument("--sparsity", type=float, default=1e-3, help="lambda of the L1 gate penalty")
     p.add_argument("--targets", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
-    p.add_argument("--score", default="act", choices=["l2", "l2_next", "act"])
+    p.add_argument("--score", default="l2_next", choices=["l2", "l2_next"])
     p.add_argument(
         "--calibration-batches",
         type=int,
         default=16,
-        help="training batches whose activations calibrate pruning (0: weights only)",
+        help="training batches that recalibrate the pruned net (0: none)",
     )
     p.add_argument("--img-size", type=int, default=32)
     p.add_argument("--latency-sizes", type=int, nargs="*", default=None, help="[img-size, 224]")

@@ -267,11 +267,10 @@ def _prune(
         raise DeployError(f"cannot prune {src.model_name}: {err}") from None
     pruned.eval()
     y = run_torch(pruned, x)
-    exact = bool(summary.get("exact", False))
+    exact = bool(summary["exact"])
     metrics: dict[str, float] = {k: v for k, v in summary.items() if k.startswith("prune/")}
     metrics.update(
         {
-            "prune/exact": float(exact),
             "prune/rel_max": rel_max(truth, y),
             "prune/top1_agree": top1_agree(truth, y),
         }

@@ -1,15 +1,16 @@
-"""Per-channel activation statistics of a plain net, measured on real images.
+"""Recalibration of a lossily pruned plain net on real images.
 
-Data-driven pruning (`prune_plain(..., score="act", stats=...)`) uses them twice: a channel's
-spread says how much removing it perturbs its consumer, and its mean is the constant that
-replaces it (the carrier of `repvgg_lab.models.prune` then delivers that constant exactly,
-zero padding included).
+Removing channels that still vary shifts and rescales the pre-activations of every later layer;
+a plain net has no BN left to absorb that, and the error compounds with depth. `recalibrate`
+restores, layer by layer, each kept channel's pre-activation mean and spread to what it was
+before pruning, with an affine map folded into the conv: the data-driven counterpart of
+re-estimating BN statistics after pruning.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -18,16 +19,6 @@ from torch import Tensor, nn
 
 from repvgg_lab.errors import InputError
 from repvgg_lab.models.plain import PlainLayer, PlainNet, as_plain_net
-
-
-@dataclass(frozen=True)
-class ChannelStats:
-    """Mean and standard deviation (float64, CPU) of one layer's output channels, over every
-    image and pixel seen; `count` is how many values each channel contributed."""
-
-    mean: Tensor
-    std: Tensor
-    count: int
 
 
 def _images(batch: Any) -> Tensor:
@@ -39,49 +30,66 @@ def _images(batch: Any) -> Tensor:
     return batch
 
 
+def _preactivation_stats(
+    layers: list[PlainLayer], upto: int, batches: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Mean and std (float64) of layer `upto`'s conv output, running layers[:upto] first."""
+    total = square = None
+    count = 0
+    for x in batches:
+        for layer in layers[:upto]:
+            x = layer(x)
+        z = layers[upto].conv(x).detach().to("cpu", torch.float64)
+        s, q = z.sum(dim=(0, 2, 3)), z.square().sum(dim=(0, 2, 3))
+        total, square = (s, q) if total is None else (total + s, square + q)
+        count += z.numel() // z.shape[1]
+    assert total is not None and square is not None
+    mean = total / count
+    return mean, (square / count - mean.square()).clamp_min(0.0).sqrt()
+
+
 @torch.no_grad()
-def activation_stats(
-    net: nn.Module, batches: Iterable[Any], max_batches: int | None = None
-) -> list[ChannelStats]:
-    """Run `net` (in eval mode) over `batches` (image tensors or (images, labels) pairs, at
-    most `max_batches`) and return every layer's per-channel output statistics, in the layer
-    order of its `PlainNet` form (`net` may be anything `as_plain_net` accepts).
+def recalibrate(
+    pruned: PlainNet,
+    source: nn.Module,
+    sources: list[list[int]],
+    batches: Iterable[Any],
+    max_batches: int | None = None,
+) -> PlainNet:
+    """Undo the drift that lossy pruning causes downstream, layer by layer, on real images.
 
-    Sums are accumulated in float64, so many batches do not lose precision."""
-    if not isinstance(net, PlainNet):
-        net = as_plain_net(net)
-    layers = [m for m in net.features if isinstance(m, PlainLayer)]
-    sums: list[Tensor | None] = [None] * len(layers)
-    squares: list[Tensor | None] = [None] * len(layers)
-    counts = [0] * len(layers)
-
-    def hook(i: int):
-        def record(_module: nn.Module, _inputs: Any, out: Tensor) -> None:
-            y = out.detach().to("cpu", torch.float64)
-            s, q = y.sum(dim=(0, 2, 3)), y.square().sum(dim=(0, 2, 3))
-            sums[i] = s if sums[i] is None else sums[i] + s
-            squares[i] = q if squares[i] is None else squares[i] + q
-            counts[i] += y.numel() // y.shape[1]
-
-        return record
-
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    was_training = net.training
+    Removing varying channels shifts and rescales the pre-activations of every later layer, and a
+    plain net has no BN to absorb that. For each layer in order (earlier ones corrected first),
+    each kept channel's conv output gets the affine map `a*z + c` that restores the mean and
+    standard deviation it has in `source` on the same images, folded into the conv (W <- a*W,
+    b <- a*b + c; exact, it acts before the activation). Channels whose spread vanished keep
+    a = 1. `sources[i]` lists, for each channel of layer i of `pruned`, its channel in `source`
+    (-1 for a carrier, which is left alone): the `source` lists of the pruning summary.
+    Returns a corrected copy; `pruned` and `source` are untouched."""
+    original = source if isinstance(source, PlainNet) else as_plain_net(source)
+    net = copy.deepcopy(pruned).eval()
     param = next(net.parameters())
-    try:
-        net.eval()
-        for batch in islice(batches, max_batches):
-            net(_images(batch).to(param.device, param.dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        net.train(was_training)
-    if not counts[0]:
+    images = [_images(b).to(param.device, param.dtype) for b in islice(batches, max_batches)]
+    if not images:
         raise InputError("no calibration images: the batches were empty")
-    result = []
-    for s, q, n in zip(sums, squares, counts, strict=True):
-        assert s is not None and q is not None
-        mean = s / n
-        var = (q / n - mean.square()).clamp_min(0.0)
-        result.append(ChannelStats(mean=mean, std=var.sqrt(), count=n))
-    return result
+    old = [m for m in original.eval().features if isinstance(m, PlainLayer)]
+    new = [m for m in net.features if isinstance(m, PlainLayer)]
+    if len(old) != len(new) or len(sources) != len(new):
+        raise InputError("recalibrate: the pruned net and its source have different depths")
+    for i, layer in enumerate(new):
+        want_mean, want_std = _preactivation_stats(old, i, images)
+        mean, std = _preactivation_stats(new, i, images)
+        src = torch.tensor(sources[i])
+        real = src >= 0
+        target_mean, target_std = want_mean[src[real]], want_std[src[real]]
+        scale = torch.ones_like(mean)
+        usable = std[real] > 1e-6 * target_std.clamp_min(1e-30)
+        scale[real] = torch.where(usable, target_std / std[real].clamp_min(1e-30), 1.0)
+        shift = torch.zeros_like(mean)
+        shift[real] = target_mean - scale[real] * mean[real]
+        conv = layer.conv
+        w, b = conv.weight.to(torch.float64), conv.bias.to(torch.float64)
+        scale, shift = scale.to(w.device), shift.to(w.device)
+        conv.weight.copy_(w * scale.view(-1, 1, 1, 1))
+        conv.bias.copy_(b * scale + shift)
+    return net.train(pruned.training)

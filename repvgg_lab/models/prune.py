@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from repvgg_lab.errors import InputError
-from repvgg_lab.models.calibrate import ChannelStats, activation_stats
+from repvgg_lab.models.calibrate import recalibrate
 from repvgg_lab.models.cost import count_macs, count_params
 from repvgg_lab.models.plain import (
     PlainLayer,
@@ -46,7 +46,7 @@ from repvgg_lab.reparam.prune import (
 log = logging.getLogger(__name__)
 
 Scope = Literal["layer", "global"]
-Score = Literal["l2", "l2_next", "act"]
+Score = Literal["l2", "l2_next"]
 
 
 class PruningError(InputError):
@@ -114,65 +114,25 @@ def _consumer(net: PlainNet, layers: list[PlainLayer], i: int) -> tuple[Tensor, 
     return net.head.fc.weight, 1
 
 
-def _scores(
-    norms: Tensor,
-    consumer: tuple[Tensor, int],
-    score: Score,
-    normalize: bool,
-    stats: ChannelStats | None = None,
-) -> Tensor:
+def _scores(norms: Tensor, consumer: tuple[Tensor, int], score: Score, normalize: bool) -> Tensor:
     """Channel scores from fused-filter norms: the norm itself ("l2"), or times the norm of the
-    consumer's weights on the channel ("l2_next", how much the channel can move the next layer),
-    or the channel's measured standard deviation times that consumer norm ("act", how much
-    replacing the channel by its mean moves the next layer; 0 where the filter is 0); with
-    `normalize`, divided by the layer's mean so one global threshold treats layers alike."""
+    consumer's weights on the channel ("l2_next", how much the channel can move the next layer);
+    with `normalize`, divided by the layer's mean so one global threshold treats layers alike."""
     if score == "l2_next":
         norms = norms * input_norms(*consumer)
-    elif score == "act":
-        if stats is None:
-            raise PruningError(
-                "score='act' needs activation statistics: pass "
-                "stats=activation_stats(net, batches) (repvgg_lab.models.calibrate)"
-            )
-        spread = stats.std.to(norms.device) * input_norms(*consumer)
-        norms = torch.where(norms == 0, torch.zeros_like(spread), spread)
     elif score != "l2":
-        raise PruningError(f"unknown channel score {score!r}; use 'l2', 'l2_next' or 'act'")
+        raise PruningError(f"unknown channel score {score!r}; use 'l2' or 'l2_next'")
     if normalize:
         mean = norms.mean()
         norms = norms / mean if float(mean) > 0 else norms
     return norms
 
 
-def _check_stats(layers: list[PlainLayer], stats: list[ChannelStats] | None) -> None:
-    """Statistics must describe this net: one entry per layer, one value per output channel."""
-    if stats is None:
-        return
-    widths = [layer.conv.out_channels for layer in layers]
-    given = [s.mean.numel() for s in stats]
-    if given != widths:
-        raise PruningError(
-            f"activation statistics do not match the net: channels per layer {given} vs {widths}"
-        )
-
-
-def channel_scores(
-    net: PlainNet,
-    score: Score = "l2",
-    normalize: bool = False,
-    stats: list[ChannelStats] | None = None,
-) -> list[Tensor]:
+def channel_scores(net: PlainNet, score: Score = "l2", normalize: bool = False) -> list[Tensor]:
     """Per-layer channel scores of the unpruned net (float64), e.g. for histograms."""
     layers = _check_prunable(net)
-    _check_stats(layers, stats)
     return [
-        _scores(
-            filter_norms(layer.conv.weight),
-            _consumer(net, layers, i),
-            score,
-            normalize,
-            None if stats is None else stats[i],
-        )
+        _scores(filter_norms(layer.conv.weight), _consumer(net, layers, i), score, normalize)
         for i, layer in enumerate(layers)
     ]
 
@@ -226,11 +186,10 @@ class _LayerPlan:
 
     keep: Tensor  # sorted kept channels, the same number per block
     bias: Tensor  # float64 bias after folding the previous layer's constants (if "bias" fold)
-    constants: Tensor  # what replaces a removed channel: act(bias), or its measured mean
+    constants: Tensor  # a_c = act(bias): each channel's value if its filter were zero
     blocks: int
     fold: str | None  # where removed constants go: None, "carrier", "bias" or "head"
     scores: Tensor
-    reach: Tensor  # filter norm x consumer norm: 0 means removing the channel is exact
 
     @property
     def carried(self) -> Tensor | None:
@@ -248,13 +207,8 @@ def _plan(
     threshold: float | None,
     ratio: float | None,
     options: dict[str, Any],
-    stats: list[ChannelStats] | None = None,
 ) -> list[_LayerPlan]:
-    """Decide every layer's keep set in order; scores see the previous layer's pruning.
-
-    A removed channel becomes a constant: `act(bias)`, which is its exact value when its
-    (effective) filter is zero, or, for a channel that still varies and `stats` are given, its
-    measured mean, the constant closest to it on average."""
+    """Decide every layer's keep set in order; scores see the previous layer's pruning."""
     plans: list[_LayerPlan] = []
     for i, layer in enumerate(layers):
         conv, prev = layer.conv, plans[-1] if plans else None
@@ -266,8 +220,7 @@ def _plan(
                 bias = fold_into_bias(conv.weight, conv.groups, bias, prev.keep, prev.constants)
             norms = effective_norms(conv.weight, conv.groups, prev.keep, prev.carried, prev.blocks)
         consumer = _consumer(net, layers, i)
-        layer_stats = None if stats is None else stats[i]
-        scores = _scores(norms, consumer, options["score"], options["normalize"], layer_stats)
+        scores = _scores(norms, consumer, options["score"], options["normalize"])
         last = i + 1 == len(layers)
         blocks = math.lcm(conv.groups, 1 if last else layers[i + 1].conv.groups)
         keep = select_channels(
@@ -279,16 +232,12 @@ def _plan(
             multiple=options["multiple"],
         )
         constants = constant_outputs(bias, *_bounds(layer))
-        if layer_stats is not None:
-            mean = layer_stats.mean.to(constants.device)
-            constants = torch.where(norms == 0, constants, mean)
         removed = torch.ones_like(constants, dtype=torch.bool)
         removed[keep] = False
         fold = _fold_kind(
             int((removed & (constants != 0)).sum()), None if last else layers[i + 1].conv
         )
-        reach = norms * input_norms(*consumer)
-        plans.append(_LayerPlan(keep, bias, constants, blocks, fold, scores, reach))
+        plans.append(_LayerPlan(keep, bias, constants, blocks, fold, scores))
     return plans
 
 
@@ -334,7 +283,6 @@ def _record(i: int, plan: _LayerPlan) -> dict[str, Any]:
         "carriers": plan.blocks if plan.fold == "carrier" else 0,
         "fold": plan.fold,
         "max_removed_score": float(plan.scores[removed].max()) if bool(removed.any()) else 0.0,
-        "exact": not bool((plan.reach[removed] != 0).any()),
         "source": source.flatten().tolist(),
     }
 
@@ -345,7 +293,6 @@ def _options(
     ratio: float | None,
     scope: str,
     options: dict[str, Any],
-    stats: list[ChannelStats] | None = None,
 ) -> tuple[list[PlainLayer], float | None, float | None]:
     """Check the options and the net; a global ratio becomes the equivalent global threshold."""
     if (threshold is None) == (ratio is None):
@@ -362,9 +309,8 @@ def _options(
             f"{options['multiple']}"
         )
     layers = _check_prunable(net)
-    _check_stats(layers, stats)
     if ratio is not None and scope == "global":
-        scores = channel_scores(net, options["score"], options["normalize"], stats)
+        scores = channel_scores(net, options["score"], options["normalize"])
         threshold, ratio = ratio_threshold(torch.cat(scores), ratio), None
     return layers, threshold, ratio
 
@@ -379,7 +325,6 @@ def prune_plain(
     normalize: bool = False,
     min_channels: int = 1,
     multiple: int = 1,
-    stats: list[ChannelStats] | None = None,
 ) -> tuple[PlainNet, dict[str, Any]]:
     """Remove output channels of every layer of `net`; returns (pruned net, summary).
 
@@ -389,12 +334,9 @@ def prune_plain(
     consumer's weights on the channel (`"l2_next"`: also zero for a channel nobody reads);
     `normalize` divides by each layer's mean score. Scores are taken on each layer's filters
     after the previous layer's pruning, so a channel that only read removed dead channels
-    counts as zero. `score="act"` needs `stats` (`activation_stats` of `net` on real images): the
-    score is the channel's measured spread times the consumer norm. A removed channel is replaced
-    by a constant: its output if its filter is zero, otherwise its measured mean when `stats` are
-    given (else its output as if its filter were zero). Dead ones vanish, constant ones go into a
-    carrier channel (zero-padded consumers), the consumer's bias (padding-free consumers) or the
-    head's bias.
+    counts as zero. A removed channel is replaced by its constant output: dead ones vanish,
+    constant ones go into a carrier channel (zero-padded consumers), the consumer's bias
+    (padding-free consumers) or the head's bias.
     With threshold 0 the result equals `net` at every pixel up to rounding (`summary["exact"]`).
     Each layer keeps at least `min_channels` (>= 1), as a multiple of `multiple` when possible;
     layers feeding or being grouped convs remove the same number per group. `net` is untouched.
@@ -405,8 +347,8 @@ def prune_plain(
         "min_channels": min_channels,
         "multiple": multiple,
     }
-    layers, threshold_used, ratio_used = _options(net, threshold, ratio, scope, options, stats)
-    plans = _plan(net, layers, threshold_used, ratio_used, options, stats)
+    layers, threshold_used, ratio_used = _options(net, threshold, ratio, scope, options)
+    plans = _plan(net, layers, threshold_used, ratio_used, options)
     pruned = _apply(net, layers, plans)
     records = [_record(i, plan) for i, plan in enumerate(plans)]
     summary = {
@@ -414,7 +356,7 @@ def prune_plain(
         "ratio": ratio_used,
         "scope": scope,
         **options,
-        "exact": all(r["exact"] for r in records),
+        "exact": all(r["max_removed_score"] == 0.0 for r in records),
         "channels_before": sum(r["channels_before"] for r in records),
         "channels_after": sum(r["channels_after"] for r in records),
         "layers": records,
@@ -475,7 +417,6 @@ def prune_to_macs(
     normalize: bool = False,
     min_channels: int = 1,
     multiple: int = 1,
-    stats: list[ChannelStats] | None = None,
 ) -> tuple[PlainNet, dict[str, Any]]:
     """Prune `net` just enough to remove at least a fraction `reduction` of its MACs.
 
@@ -490,7 +431,7 @@ def prune_to_macs(
         "min_channels": min_channels,
         "multiple": multiple,
     }
-    layers, _, _ = _options(net, 0.0, None, scope, options, stats)  # checks options and net
+    layers, _, _ = _options(net, 0.0, None, scope, options)  # checks the options and the net
     before = count_macs(net, input_size, layers[0].conv.in_channels)
     target = (1.0 - reduction) * before
     pixels = _output_pixels(net, input_size)
@@ -499,12 +440,10 @@ def prune_to_macs(
     @functools.cache
     def macs(value: float) -> int:
         threshold, ratio = (value, None) if key == "threshold" else (None, value)
-        plans = _plan(net, layers, threshold, ratio, options, stats)
-        return _plan_macs(net, layers, plans, pixels)
+        return _plan_macs(net, layers, _plan(net, layers, threshold, ratio, options), pixels)
 
     if scope == "global":
-        scores = channel_scores(net, score, normalize, stats)
-        candidates = torch.cat(scores).unique().tolist()
+        candidates = torch.cat(channel_scores(net, score, normalize)).unique().tolist()
     else:
         # Ratios 0 .. 1 on a grid fine enough to move any layer's kept count by one.
         widest = max(layer.conv.out_channels for layer in layers)
@@ -523,9 +462,7 @@ def prune_to_macs(
             hi = mid
         else:
             lo = mid
-    pruned, summary = prune_plain(
-        net, **{key: candidates[hi]}, scope="layer", stats=stats, **options
-    )
+    pruned, summary = prune_plain(net, **{key: candidates[hi]}, scope="layer", **options)
     summary["scope"] = scope
     # macs_after comes from the plan (what the bisection saw); tests check it against count_macs.
     summary.update(macs_before=before, macs_after=macs(candidates[hi]), macs_target=target)
@@ -558,9 +495,10 @@ def prune_net(
 ) -> tuple[PlainNet, dict[str, Any]]:
     """Prune a plain-convertible `model` by exactly one criterion: a score `threshold`, a
     `ratio` of channels, or a `macs_reduction` target; returns (pruned PlainNet, summary with
-    the `prune/*` counts). With calibration `batches` (at most `max_batches` of them) the
-    activation statistics are measured first: removed channels that still vary are replaced
-    by their mean, and `score="act"` becomes available."""
+    the `prune/*` counts). With calibration `batches` (real images, at most `max_batches`
+    batches, held in memory), lossy pruning is followed by `recalibrate`, which restores each
+    kept channel's pre-activation mean and spread (`summary["recalibrated"]`); exact pruning
+    is left as it is."""
     chosen = [
         k
         for k, v in (("threshold", threshold), ("ratio", ratio), ("macs_reduction", macs_reduction))
@@ -572,11 +510,16 @@ def prune_net(
             + (f" (got {', '.join(chosen)})" if chosen else "")
         )
     net = as_plain_net(model)
-    if batches is not None:
-        options["stats"] = activation_stats(net, batches, max_batches)
     if macs_reduction is not None:
         pruned, info = prune_to_macs(net, macs_reduction, input_size, **options)
     else:
         pruned, info = prune_plain(net, threshold=threshold, ratio=ratio, **options)
+    info["recalibrated"] = batches is not None and not info["exact"]
+    if info["recalibrated"]:
+        assert batches is not None
+        sources = [layer["source"] for layer in info["layers"]]
+        pruned = recalibrate(pruned, net, sources, batches, max_batches)
     info.update(prune_summary(net, pruned, input_size))
+    info["prune/exact"] = float(info["exact"])
+    info["prune/recalibrated"] = float(info["recalibrated"])
     return pruned, info

@@ -135,7 +135,6 @@ def _prune(
         options["batches"] = images.split(dm.batch_size)
     pruned, info = prune_net(plain, dm.img_size, **options)
     metrics = {k: float(v) for k, v in info.items() if k.startswith("prune/")}
-    metrics["prune/exact"] = float(bool(info.get("exact", False)))
     rounds = latency_rounds(cfg.prune)
     if rounds:
         shape = (1, module.hparams.in_channels, dm.img_size, dm.img_size)

@@ -91,9 +91,8 @@ def test_train_prunes_after_conversion_and_fine_tunes(trained) -> None:
     assert evaluate(pruned, dm.test_dataloader())["acc"] == m["prune/test/acc"]
     assert count_macs(pruned, 16, 3) == m["prune/macs_after"]
     # ... and the pruning of the saved plain net with the run's options (deploy's loader).
-    # prune=gates calibrates on fixed training images: scores from their measured spread,
-    # removed channels replaced by their means.
-    assert cfg.prune.score == "act" and cfg.prune.calibration_batches > 0
+    # prune=gates recalibrates the pruned net on fixed training images.
+    assert cfg.prune.calibration_batches > 0 and m["prune/recalibrated"] == 1.0
     images, _ = dm.fixed_batch("train", cfg.prune.calibration_batches * 32)
     plain = load_source(run / "plain.safetensors").plain
     again, _ = prune_net(plain, 16, batches=images.split(32), **prune_options(cfg.prune))
@@ -118,16 +117,6 @@ def test_two_pruning_criteria_fail_before_training(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prune.ratio" in err[0] and "prune.macs_reduction" in err[0]
     assert not (tmp_path / "checkpoints").exists()  # refused before any training
-
-
-def test_act_score_without_calibration_fails_before_training(tmp_path, capsys) -> None:
-    overrides = [f"output_dir={tmp_path}", *TINY, "prune.calibration_batches=0"]
-    with pytest.raises(SystemExit) as exit_info:
-        train(compose_config(CONFIGS, "train", overrides))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "prune.calibration_batches" in err[0]
-    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_deploy_prune_node_has_the_train_keys() -> None:
@@ -221,20 +210,22 @@ def test_deploy_lossy_pruning_of_a_trained_checkpoint(trained, tmp_path) -> None
     assert count_macs(pruned, 16, 3) == m["prune/macs_after"]
 
 
-def test_deploy_calibrates_pruning_on_the_verification_images(trained, tmp_path) -> None:
+def test_deploy_recalibrates_pruning_on_the_verification_images(trained, tmp_path) -> None:
     from repvgg_lab.deploy.verify import real_batch
 
     run, _, _ = trained
     out = tmp_path / "out"
-    options = ["prune.macs_reduction=0.3", "prune.score=act", "prune.normalize=true"]
+    options = ["prune.macs_reduction=0.3", "prune.score=l2_next", "prune.normalize=true"]
     calibrated = [*options, "prune.calibration_batches=3", "verify.data=digits", "verify.size=10"]
     m = _deploy(run / "checkpoints" / "last.ckpt", out, *calibrated)["metrics"]
     assert m["prune/macs_after"] <= 0.7 * m["prune/macs_before"] and m["prune/exact"] == 0.0
-    # The same as pruning the saved plain net with the first 3 batches of 2 verification images.
+    assert m["prune/recalibrated"] == 1.0
+    # The same as pruning the saved plain net, recalibrated on the first 3 batches of 2
+    # verification images.
     images, _ = real_batch("digits", None, 16, 3, 10)
     plain = load_source(run / "plain.safetensors").plain
     expected, _ = prune_net(
-        plain, 16, macs_reduction=0.3, score="act", normalize=True, batches=images.split(2)[:3]
+        plain, 16, macs_reduction=0.3, score="l2_next", normalize=True, batches=images.split(2)[:3]
     )
     exported = load_source(out / "model.safetensors").plain
     x = torch.randn(2, 3, 16, 16)
