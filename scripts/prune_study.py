@@ -46,7 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 seed, 3+1 epochs, targets 0 and 0.3")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20, help="sparsity-training epochs")
-    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument(
+        "--distill", type=float, default=0.5, help="finetune.distill: weight of distillation"
+    )
     p.add_argument("--finetune-lr", type=float, default=0.01, help="per 256 images (SGD)")
     p.add_argument("--sparsity", type=float, default=1e-3, help="lambda of the L1 gate penalty")
     p.add_argument("--targets", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
@@ -119,6 +122,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                 f"prune.calibration_batches={args.calibration_batches}",
                 f"finetune.epochs={ft}",
                 f"finetune.lr={args.finetune_lr}",
+                f"finetune.distill={args.distill}",
                 "prune.latency_rounds=3",
                 f"ckpt_path={last}",
             ],

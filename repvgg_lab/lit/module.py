@@ -66,11 +66,22 @@ class ClassifierModule(pl.LightningModule):
         channels_last: bool = False,
         metric_prefix: str = "",
         net: nn.Module | None = None,
+        teacher: nn.Module | None = None,
+        distill: float = 0.0,
+        temperature: float = 4.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= distill <= 1.0 or temperature <= 0:
+            raise ValueError(
+                f"distill must lie in [0, 1] and temperature be > 0, got {distill}, {temperature}"
+            )
+        if distill > 0 and teacher is None:
+            raise ValueError("distill > 0 needs a teacher net")
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
         model_kwargs = _plain(model_kwargs or {})
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "init", "net"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "init", "net", "teacher"])
+        # Not a submodule: the teacher is neither trained, nor saved, nor counted.
+        self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
         self.net = (
             net
             if net is not None
@@ -122,6 +133,10 @@ class ClassifierModule(pl.LightningModule):
             logits = self(x)
             smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
             loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        if stage == "train" and self.hparams.distill > 0:
+            loss = (1 - self.hparams.distill) * loss + self.hparams.distill * self._distill(
+                x, logits
+            )
         metric = self.accuracy[f"{stage}_acc"]
         metric(logits.detach(), y)
         # Training loss per step (the curve users watch), validation/test loss per epoch.
@@ -131,6 +146,19 @@ class ClassifierModule(pl.LightningModule):
         )
         self.log(f"{self.prefix}{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def _distill(self, x: Tensor, logits: Tensor) -> Tensor:
+        """Knowledge distillation: T^2 * KL(teacher || student) of the temperature-T softmaxes
+        (Hinton et al.), the teacher run in eval mode on the same input."""
+        teacher = self._teacher[0]
+        if next(teacher.parameters()).device != x.device:
+            teacher.to(x.device)
+        with torch.no_grad():
+            target = F.log_softmax(teacher(x).float() / self.hparams.temperature, dim=-1)
+        student = F.log_softmax(logits.float() / self.hparams.temperature, dim=-1)
+        kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
+        self.log(f"{self.prefix}train/distill", kl, on_step=True)
+        return kl * self.hparams.temperature**2
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")

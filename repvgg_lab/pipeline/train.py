@@ -77,8 +77,19 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _finetune(cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module) -> dict[str, float]:
-    """Fine-tune the plain net for `finetune.epochs`; returns `finetune/*` metrics."""
+def _check_finetune(finetune: DictConfig) -> None:
+    distill, temperature = finetune.get("distill") or 0.0, finetune.get("temperature") or 4.0
+    if not 0.0 <= distill <= 1.0:
+        raise UserError(f"finetune.distill must lie in [0, 1], got {distill}")
+    if temperature <= 0:
+        raise UserError(f"finetune.temperature must be > 0, got {temperature}")
+
+
+def _finetune(
+    cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module, teacher: torch.nn.Module
+) -> dict[str, float]:
+    """Fine-tune the plain net for `finetune.epochs`, distilling from `teacher` (the net before
+    pruning) with weight `finetune.distill`; returns `finetune/*` metrics."""
     hp = parts["module"].hparams
     optimizer = instantiate(cfg.optimizer, lr=cfg.finetune.lr)
     module = ClassifierModule(
@@ -93,6 +104,9 @@ def _finetune(cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module) ->
         channels_last=hp.channels_last,
         metric_prefix="finetune",
         net=plain,
+        teacher=copy.deepcopy(teacher) if cfg.finetune.get("distill") else None,
+        distill=float(cfg.finetune.get("distill") or 0.0),
+        temperature=float(cfg.finetune.get("temperature") or 4.0),
     )
     trainer_cfg = {k: v for k, v in parts["trainer_cfg"].items() if k != "fast_dev_run"}
     trainer_cfg.update(max_epochs=int(cfg.finetune.epochs), enable_checkpointing=False)
@@ -182,6 +196,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     check_prune(cfg.get("prune"))  # a bad prune option fails now, not after training
+    _check_finetune(cfg.finetune)
     output_dir = Path(cfg.output_dir)
     parts = build(cfg)
     trainer, module, dm = parts["trainer"], parts["module"], parts["datamodule"]
@@ -194,12 +209,12 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         reparam = next((c for c in parts["callbacks"] if isinstance(c, Reparameterize)), None)
         if reparam is not None and reparam.plain_net is not None:
             metrics.update(reparam.metrics)
-            plain = reparam.plain_net
+            plain = unpruned = reparam.plain_net
             if pruning_requested(cfg.get("prune")):
                 plain, prune_metrics = _prune(cfg, parts, plain)
                 metrics.update(prune_metrics)
             if cfg.finetune.epochs > 0:
-                metrics.update(_finetune(cfg, parts, plain))
+                metrics.update(_finetune(cfg, parts, plain, unpruned))
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", metrics)
             log.info("metrics written to %s", output_dir / "metrics.json")
