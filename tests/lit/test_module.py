@@ -3,6 +3,7 @@ and the sparsity penalty driving gates down, each through a real Trainer."""
 
 from functools import partial
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -84,3 +85,46 @@ def test_sparsity_penalty_shrinks_the_gates() -> None:
         return float(sum(g.abs().sum() for g in gate_parameters(module.net)))
 
     assert gate_l1(0.05) < gate_l1(0.0) - 1.0
+
+
+def _student_and_teacher(distill: float, seed: int = 0):
+    torch.manual_seed(seed)
+    teacher = create_model("repvgg_a0", num_classes=10).eval()
+    student = create_model("repvgg_a0", num_classes=10)
+    module = ClassifierModule(
+        "repvgg_a0",
+        num_classes=10,
+        input_size=16,
+        optimizer=partial(torch.optim.SGD, lr=0.05),
+        lr_batch_reference=None,
+        net=student,
+        teacher=teacher,
+        distill=distill,
+        temperature=2.0,
+    )
+    return module, teacher
+
+
+def test_distillation_pulls_the_student_towards_the_teacher() -> None:
+    x, _ = DigitsDataModule(img_size=16).fixed_batch("val", 32)
+
+    def gap(distill: float) -> float:
+        module, teacher = _student_and_teacher(distill)
+        fit(module, steps=8)
+        with torch.no_grad():
+            t = torch.log_softmax(teacher(x) / 2.0, dim=-1)
+            s = torch.log_softmax(module.net.eval()(x) / 2.0, dim=-1)
+        return float(torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean"))
+
+    assert gap(1.0) < 0.5 * gap(0.0)
+
+
+def test_the_teacher_is_neither_trained_nor_saved() -> None:
+    module, teacher = _student_and_teacher(0.5)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    fit(module, steps=2)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert all(k.startswith(("net.", "accuracy.")) for k in module.state_dict())
+    assert "teacher" not in module.hparams
+    with pytest.raises(ValueError, match="needs a teacher"):
+        ClassifierModule("repvgg_a0", num_classes=10, distill=0.5)

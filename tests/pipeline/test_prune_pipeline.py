@@ -74,6 +74,8 @@ def test_train_prunes_after_conversion_and_fine_tunes(trained) -> None:
         assert key in m, key
     for key in ("finetune/val/acc", "finetune/test/acc", "finetune/train/loss"):
         assert key in m, key
+    # prune=gates fine-tunes with distillation from the unpruned plain net.
+    assert cfg.finetune.distill == 0.5 and m["finetune/train/distill"] > 0
     # prune=gates asks for the least pruning that removes 30 % of the MACs.
     assert m["prune/macs_after"] <= 0.7 * m["prune/macs_before"]
     assert m["prune/macs_before"] == m["macs/deploy"]
@@ -117,6 +119,16 @@ def test_two_pruning_criteria_fail_before_training(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prune.ratio" in err[0] and "prune.macs_reduction" in err[0]
     assert not (tmp_path / "checkpoints").exists()  # refused before any training
+
+
+def test_bad_distillation_weight_fails_before_training(tmp_path, capsys) -> None:
+    cfg = compose_config(CONFIGS, "train", [f"output_dir={tmp_path}", *TINY, "finetune.distill=2"])
+    with pytest.raises(SystemExit) as exit_info:
+        train(cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "finetune.distill" in err[0]
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_deploy_prune_node_has_the_train_keys() -> None:
