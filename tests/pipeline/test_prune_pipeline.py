@@ -111,24 +111,23 @@ def test_train_prunes_after_conversion_and_fine_tunes(trained) -> None:
         assert not torch.equal(tuned(x), pruned(x))  # fine-tuning changed the weights
 
 
-def test_two_pruning_criteria_fail_before_training(tmp_path, capsys) -> None:
-    cfg = compose_config(CONFIGS, "train", [f"output_dir={tmp_path}", *TINY, "prune.ratio=0.2"])
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("prune.ratio=0.2", ["prune.ratio", "prune.macs_reduction"]),  # two criteria
+        ("finetune.distill=2", ["finetune.distill"]),
+    ],
+)
+def test_bad_prune_or_finetune_option_fails_before_training(
+    tmp_path, capsys, override, named
+) -> None:
+    cfg = compose_config(CONFIGS, "train", [f"output_dir={tmp_path}", *TINY, override])
     with pytest.raises(SystemExit) as exit_info:
         train(cfg)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "prune.ratio" in err[0] and "prune.macs_reduction" in err[0]
+    assert len(err) == 1 and all(name in err[0] for name in named)
     assert not (tmp_path / "checkpoints").exists()  # refused before any training
-
-
-def test_bad_distillation_weight_fails_before_training(tmp_path, capsys) -> None:
-    cfg = compose_config(CONFIGS, "train", [f"output_dir={tmp_path}", *TINY, "finetune.distill=2"])
-    with pytest.raises(SystemExit) as exit_info:
-        train(cfg)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "finetune.distill" in err[0]
-    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_deploy_prune_node_has_the_train_keys() -> None:
