@@ -67,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             cut = 1 - info["prune/macs_after"] / info["prune/macs_before"]
             rows.append(
-                {"criterion": label, "target": target, "macs_cut": cut, "acc": accuracy(pruned)}
+                {
+                    "criterion": label,
+                    "target": target,
+                    "macs_cut": cut,
+                    "recalibrated": info["recalibrated"],
+                    "acc": accuracy(pruned),
+                }
             )
     lines = [
         f"`{args.plain}`, {size}×{size}, calibration: {len(images)} training images; "

@@ -249,7 +249,7 @@ def _prune(
     """Prune `src.plain` (verified already) and put the pruned net in its place.
 
     `options` are `prune_net`'s; with `max_batches` among them, the `calibration` images (split
-    into batches of the verification batch size) calibrate it.
+    into batches of the verification batch size) recalibrate lossy pruning.
     Returns the unpruned plain net, the `prune/*` metrics, the pruning summary and the float64
     reference the exports are checked against. Exact pruning (every removed channel scored 0)
     claims the source's function, so it must stay within `tolerance` of the source's float64
@@ -387,7 +387,13 @@ def deploy(
         )
         unpruned, prune_metrics, prune_summary, export_truth = None, {}, None, truth
         if prune is not None:
-            calibration = images[0] if images is not None else None
+            calibration = None
+            if "max_batches" in prune:
+                # Training images: the validation images verify the result, unseen.
+                size = prune["max_batches"] * verify_batch
+                calibration, _ = real_batch(
+                    verify_data, verify_root, input_size, src.in_channels, size, split="train"
+                )
             unpruned, prune_metrics, prune_summary, export_truth = _prune(
                 src, prune, input_size, x, truth, tol, hint, calibration
             )

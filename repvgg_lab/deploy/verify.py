@@ -122,9 +122,10 @@ def check_verify_data(data: str | None, root: str | None) -> None:
 
 
 def real_batch(
-    data: str, root: str | None, input_size: int, in_channels: int, size: int
+    data: str, root: str | None, input_size: int, in_channels: int, size: int, split: str = "val"
 ) -> tuple[Tensor, Tensor]:
-    """`size` validation images and labels from the `digits` or `imagenet` data module."""
+    """`size` images and labels of `split` (eval transforms) from the `digits` or `imagenet`
+    data module."""
     check_verify_data(data, root)
     try:
         from repvgg_lab import data as datamodules
@@ -136,7 +137,7 @@ def real_batch(
         else:
             module = datamodules.ImageNetDataModule(root=root, img_size=input_size)
         module.setup()
-        x, y = module.fixed_batch(split="val", size=size)
+        x, y = module.fixed_batch(split=split, size=size)
     except (InputError, FileNotFoundError, ValueError) as err:
         # The data modules report a bad root or option as a ValueError (DataRootError).
         raise DeployError(f"verify.data={data}: {err}") from None

@@ -93,6 +93,8 @@ class ClassifierModule(pl.LightningModule):
             init(self.net)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+            for t in self._teacher:
+                t.to(memory_format=torch.channels_last)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.mixup_fn = self._make_mixup(mixup, cutmix, label_smoothing, num_classes)
@@ -151,8 +153,10 @@ class ClassifierModule(pl.LightningModule):
         """Knowledge distillation: T^2 * KL(teacher || student) of the temperature-T softmaxes
         (Hinton et al.), the teacher run in eval mode on the same input."""
         teacher = self._teacher[0]
-        if next(teacher.parameters()).device != x.device:
-            teacher.to(x.device)
+        dtype = next(self.net.parameters()).dtype
+        weight = next(teacher.parameters())
+        if weight.device != x.device or weight.dtype != dtype:
+            teacher.to(device=x.device, dtype=dtype)
         with torch.no_grad():
             target = F.log_softmax(teacher(x).float() / self.hparams.temperature, dim=-1)
         student = F.log_softmax(logits.float() / self.hparams.temperature, dim=-1)

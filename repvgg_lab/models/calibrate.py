@@ -62,9 +62,10 @@ def recalibrate(
     plain net has no BN to absorb that. For each layer in order (earlier ones corrected first),
     each kept channel's conv output gets the affine map `a*z + c` that restores the mean and
     standard deviation it has in `source` on the same images, folded into the conv (W <- a*W,
-    b <- a*b + c; exact, it acts before the activation). Channels whose spread vanished keep
-    a = 1. `sources[i]` lists, for each channel of layer i of `pruned`, its channel in `source`
-    (-1 for a carrier, which is left alone): the `source` lists of the pruning summary.
+    b <- a*b + c; exact, it acts before the activation). Channels whose spread fell below 1e-3
+    of the source's keep a = 1 (only the mean is restored). `sources[i]` lists, for each
+    channel of layer i of `pruned`, its channel in `source` (-1 for a carrier, which is left
+    alone): the `source` lists of the pruning summary.
     Returns a corrected copy; `pruned` and `source` are untouched."""
     original = source if isinstance(source, PlainNet) else as_plain_net(source)
     net = copy.deepcopy(pruned).eval()
@@ -72,7 +73,8 @@ def recalibrate(
     images = [_images(b).to(param.device, param.dtype) for b in islice(batches, max_batches)]
     if not images:
         raise InputError("no calibration images: the batches were empty")
-    old = [m for m in original.eval().features if isinstance(m, PlainLayer)]
+    # A PlainNet has no BN or dropout: its mode does not matter, and `source` keeps its own.
+    old = [m for m in original.features if isinstance(m, PlainLayer)]
     new = [m for m in net.features if isinstance(m, PlainLayer)]
     if len(old) != len(new) or len(sources) != len(new):
         raise InputError("recalibrate: the pruned net and its source have different depths")
@@ -83,7 +85,7 @@ def recalibrate(
         real = src >= 0
         target_mean, target_std = want_mean[src[real]], want_std[src[real]]
         scale = torch.ones_like(mean)
-        usable = std[real] > 1e-6 * target_std.clamp_min(1e-30)
+        usable = std[real] > 1e-3 * target_std.clamp_min(1e-30)
         scale[real] = torch.where(usable, target_std / std[real].clamp_min(1e-30), 1.0)
         shift = torch.zeros_like(mean)
         shift[real] = target_mean - scale[real] * mean[real]

@@ -77,8 +77,14 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _distill_options(finetune: DictConfig) -> tuple[float, float]:
+    """(finetune.distill, finetune.temperature); null means 0 and 4."""
+    distill, temperature = finetune.get("distill"), finetune.get("temperature")
+    return float(distill or 0.0), float(4.0 if temperature is None else temperature)
+
+
 def _check_finetune(finetune: DictConfig) -> None:
-    distill, temperature = finetune.get("distill") or 0.0, finetune.get("temperature") or 4.0
+    distill, temperature = _distill_options(finetune)
     if not 0.0 <= distill <= 1.0:
         raise UserError(f"finetune.distill must lie in [0, 1], got {distill}")
     if temperature <= 0:
@@ -91,6 +97,7 @@ def _finetune(
     """Fine-tune the plain net for `finetune.epochs`, distilling from `teacher` (the net before
     pruning) with weight `finetune.distill`; returns `finetune/*` metrics."""
     hp = parts["module"].hparams
+    distill, temperature = _distill_options(cfg.finetune)
     optimizer = instantiate(cfg.optimizer, lr=cfg.finetune.lr)
     module = ClassifierModule(
         model_name=hp.model_name,
@@ -104,9 +111,9 @@ def _finetune(
         channels_last=hp.channels_last,
         metric_prefix="finetune",
         net=plain,
-        teacher=copy.deepcopy(teacher) if cfg.finetune.get("distill") else None,
-        distill=float(cfg.finetune.get("distill") or 0.0),
-        temperature=float(cfg.finetune.get("temperature") or 4.0),
+        teacher=copy.deepcopy(teacher) if distill > 0 else None,
+        distill=distill,
+        temperature=temperature,
     )
     trainer_cfg = {k: v for k, v in parts["trainer_cfg"].items() if k != "fast_dev_run"}
     trainer_cfg.update(max_epochs=int(cfg.finetune.epochs), enable_checkpointing=False)

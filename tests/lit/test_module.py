@@ -89,7 +89,7 @@ def test_sparsity_penalty_shrinks_the_gates() -> None:
 
 def _student_and_teacher(distill: float, seed: int = 0):
     torch.manual_seed(seed)
-    teacher = create_model("repvgg_a0", num_classes=10).eval()
+    teacher = create_model("repvgg_a0", num_classes=10)  # train mode: the module must fix it
     student = create_model("repvgg_a0", num_classes=10)
     module = ClassifierModule(
         "repvgg_a0",
@@ -121,6 +121,7 @@ def test_distillation_pulls_the_student_towards_the_teacher() -> None:
 
 def test_the_teacher_is_neither_trained_nor_saved() -> None:
     module, teacher = _student_and_teacher(0.5)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     fit(module, steps=2)
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())

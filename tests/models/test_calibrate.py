@@ -94,7 +94,9 @@ def test_prune_net_recalibrates_lossy_pruning_only():
     exact, info = prune_net(net, 20, threshold=0.0, batches=batches)
     plain_exact, _ = prune_net(net, 20, threshold=0.0)
     assert info["exact"] and not info["recalibrated"]
+    net.train()
     lossy, info = prune_net(net, 20, ratio=0.3, score="l2_next", batches=batches, max_batches=2)
+    assert net.training  # the source keeps its mode
     direct, summary = prune_plain(net, ratio=0.3, score="l2_next")
     direct = recalibrate(direct, net, _sources(summary), batches[:2])
     assert info["recalibrated"]

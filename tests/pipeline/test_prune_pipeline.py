@@ -95,9 +95,10 @@ def test_train_prunes_after_conversion_and_fine_tunes(trained) -> None:
     # ... and the pruning of the saved plain net with the run's options (deploy's loader).
     # prune=gates recalibrates the pruned net on fixed training images.
     assert cfg.prune.calibration_batches > 0 and m["prune/recalibrated"] == 1.0
-    images, _ = dm.fixed_batch("train", cfg.prune.calibration_batches * 32)
+    batch = cfg.data.batch_size
+    images, _ = dm.fixed_batch("train", cfg.prune.calibration_batches * batch)
     plain = load_source(run / "plain.safetensors").plain
-    again, _ = prune_net(plain, 16, batches=images.split(32), **prune_options(cfg.prune))
+    again, _ = prune_net(plain, 16, batches=images.split(batch), **prune_options(cfg.prune))
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(again.eval()(x), pruned(x))
@@ -116,6 +117,7 @@ def test_train_prunes_after_conversion_and_fine_tunes(trained) -> None:
     [
         ("prune.ratio=0.2", ["prune.ratio", "prune.macs_reduction"]),  # two criteria
         ("finetune.distill=2", ["finetune.distill"]),
+        ("finetune.temperature=0", ["finetune.temperature"]),
     ],
 )
 def test_bad_prune_or_finetune_option_fails_before_training(
@@ -231,12 +233,12 @@ def test_deploy_recalibrates_pruning_on_the_verification_images(trained, tmp_pat
     m = _deploy(run / "checkpoints" / "last.ckpt", out, *calibrated)["metrics"]
     assert m["prune/macs_after"] <= 0.7 * m["prune/macs_before"] and m["prune/exact"] == 0.0
     assert m["prune/recalibrated"] == 1.0
-    # The same as pruning the saved plain net, recalibrated on the first 3 batches of 2
-    # verification images.
-    images, _ = real_batch("digits", None, 16, 3, 10)
+    # The same as pruning the saved plain net, recalibrated on 3 batches of 2 training images
+    # (the validation images stay unseen for verify/acc).
+    images, _ = real_batch("digits", None, 16, 3, 6, split="train")
     plain = load_source(run / "plain.safetensors").plain
     expected, _ = prune_net(
-        plain, 16, macs_reduction=0.3, score="l2_next", normalize=True, batches=images.split(2)[:3]
+        plain, 16, macs_reduction=0.3, score="l2_next", normalize=True, batches=images.split(2)
     )
     exported = load_source(out / "model.safetensors").plain
     x = torch.randn(2, 3, 16, 16)

@@ -34,6 +34,7 @@ def test_prune_scores_reports_every_criterion_at_the_target(tmp_path, capsys):
     assert [r["criterion"] for r in rows][0] == "unpruned" and len(rows) == 1 + 4
     for r in rows[1:]:
         assert r["macs_cut"] >= 0.3 and all(0.0 <= a <= 1.0 for a in r["acc"])
+        assert r["recalibrated"] == r["criterion"].endswith("+ recalibration")
     table = capsys.readouterr().out
     assert "16 training images" in table
     assert all(f"| {r['criterion']} | {100 * r['macs_cut']:.1f} % |" in table for r in rows)
