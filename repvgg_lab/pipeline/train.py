@@ -117,6 +117,13 @@ def _finetune(
     )
     trainer_cfg = {k: v for k, v in parts["trainer_cfg"].items() if k != "fast_dev_run"}
     trainer_cfg.update(max_epochs=int(cfg.finetune.epochs), enable_checkpointing=False)
+    if parts["trainer"].world_size > 1:
+        # Conversion and pruning run on rank 0 only (the other ranks have no plain net and have
+        # finished), so the plain net is fine-tuned there, on one device. The process group goes
+        # first: metrics would otherwise wait to synchronise with ranks that are gone.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        trainer_cfg.update(strategy="auto", devices=1, num_nodes=1, sync_batchnorm=False)
     bars = [c for c in parts["callbacks"] if isinstance(c, pl.callbacks.ProgressBar)]
     trainer = instantiate(trainer_cfg, callbacks=bars, logger=parts["loggers"] or False)
     trainer.fit(module, datamodule=parts["datamodule"])
