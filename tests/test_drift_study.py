@@ -2,12 +2,8 @@
 run as a real multirun, and scripts/drift_report.py on real and synthetic sweeps."""
 
 import csv
-import importlib.util
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from repvgg_lab import create_model
 from repvgg_lab.lit.callbacks import Reparameterize
 from repvgg_lab.models.drift import tf32
+from tests.helpers.cli import load_script, run_script
 from tests.helpers.contract import DRIFT_METRICS
 from tests.helpers.wandb_records import records, summary
 
@@ -27,14 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DESIGN_NAMES = [name.removeprefix("drift/") for name in DRIFT_METRICS]
 
 
-def _load_report():
-    spec = importlib.util.spec_from_file_location("drift_report", ROOT / "scripts/drift_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-drift_report = _load_report()
+drift_report = load_script("drift_report")
 
 
 def _compose(*overrides: str):
@@ -272,13 +262,7 @@ def test_report_reads_gamma_and_seed_from_overrides_when_config_lacks_them(tmp_p
 
 def test_report_cli_errors_in_one_line(tmp_path):
     for folder in (tmp_path / "missing", tmp_path):
-        result = subprocess.run(
-            [sys.executable, "scripts/drift_report.py", str(folder)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        result = run_script("scripts/drift_report.py", str(folder))
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and str(folder) in lines[0]
@@ -304,15 +288,7 @@ def test_real_sweep_then_report(tmp_path: Path):
         "callbacks.progress_bar=null",
         f"hydra.sweep.dir={sweep}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "train.py", "-m", "sweep=gamma_drift", *tiny],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    result = run_script("train.py", "-m", "sweep=gamma_drift", *tiny, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     assert len(runs) == 2, runs
@@ -337,14 +313,7 @@ def test_real_sweep_then_report(tmp_path: Path):
         assert set(blocks) == {"drift", "drift/bfloat16", "drift/init", "drift/init/bfloat16"}
         assert "stem" in blocks["drift/init"]
 
-    report = subprocess.run(
-        [sys.executable, "scripts/drift_report.py", str(sweep)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    report = run_script("scripts/drift_report.py", str(sweep), timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     header, rows = _read_csv(sweep / "drift_table.csv")
     assert {"gamma", "seed", "underflow", "drift/init/underflow_frac"} <= set(header)

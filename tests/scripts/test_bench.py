@@ -4,10 +4,8 @@ asserted: speed targets are checked by running the script, not by tests."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -18,20 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "bench.py"
+from tests.helpers.cli import load_script, run_script
 
-
-def _load_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_script("bench")
 SMOKE = bench.PROFILES["smoke"]
 
 
@@ -39,9 +26,8 @@ SMOKE = bench.PROFILES["smoke"]
 def smoke_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real `--smoke` run of the CLI (convert, latency, train) on one thread."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--out", str(out)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    args = ["--smoke", "--threads", "1", "--out", str(out)]
+    done = run_script("scripts/bench.py", *args, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

@@ -1,21 +1,11 @@
 """scripts/prune_scores.py on a small converted RepVGG: every criterion meets the MAC target."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 from repvgg_lab.models import create_model, reparameterize, save_weights
 from repvgg_lab.models.checkpoints import plain_metadata
 from repvgg_lab.models.init import randomize_bn
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "prune_scores.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("prune_scores", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers.cli import load_script
 
 
 def test_prune_scores_reports_every_criterion_at_the_target(tmp_path, capsys):
@@ -29,7 +19,7 @@ def test_prune_scores_reports_every_criterion_at_the_target(tmp_path, capsys):
     save_weights(plain, path, meta)
     out = tmp_path / "rows.json"
     args = [str(path), "--targets", "0.3", "--calibration-batches", "2", "--batch-size", "8"]
-    assert _load_script().main([*args, "--out", str(out)]) == 0
+    assert load_script("prune_scores").main([*args, "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [r["criterion"] for r in rows][0] == "unpruned" and len(rows) == 1 + 4
     for r in rows[1:]:
