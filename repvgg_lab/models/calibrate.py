@@ -31,21 +31,31 @@ def _images(batch: Any) -> Tensor:
 
 
 def _preactivation_stats(
-    layers: list[PlainLayer], upto: int, batches: list[Tensor]
-) -> tuple[Tensor, Tensor]:
-    """Mean and std (float64) of layer `upto`'s conv output, running layers[:upto] first."""
-    total = square = None
-    count = 0
+    layers: list[PlainLayer], batches: list[Tensor]
+) -> list[tuple[Tensor, Tensor]]:
+    """Per-channel mean and std (float64) of every layer's conv output over `batches`, in one
+    pass through `layers`."""
+    totals: list[Tensor] = []
+    squares: list[Tensor] = []
+    count = [0] * len(layers)
     for x in batches:
-        for layer in layers[:upto]:
-            x = layer(x)
-        z = layers[upto].conv(x).detach().to("cpu", torch.float64)
-        s, q = z.sum(dim=(0, 2, 3)), z.square().sum(dim=(0, 2, 3))
-        total, square = (s, q) if total is None else (total + s, square + q)
-        count += z.numel() // z.shape[1]
-    assert total is not None and square is not None
-    mean = total / count
-    return mean, (square / count - mean.square()).clamp_min(0.0).sqrt()
+        for i, layer in enumerate(layers):
+            z = layer.conv(x)
+            x = layer.pool(layer.act(z))
+            z = z.detach().to("cpu", torch.float64)
+            s, q = z.sum(dim=(0, 2, 3)), z.square().sum(dim=(0, 2, 3))
+            if i == len(totals):
+                totals.append(s)
+                squares.append(q)
+            else:
+                totals[i] += s
+                squares[i] += q
+            count[i] += z.numel() // z.shape[1]
+    stats = []
+    for total, square, n in zip(totals, squares, count, strict=True):
+        mean = total / n
+        stats.append((mean, (square / n - mean.square()).clamp_min(0.0).sqrt()))
+    return stats
 
 
 @torch.no_grad()
@@ -78,9 +88,11 @@ def recalibrate(
     new = [m for m in net.features if isinstance(m, PlainLayer)]
     if len(old) != len(new) or len(sources) != len(new):
         raise InputError("recalibrate: the pruned net and its source have different depths")
+    wanted = _preactivation_stats(old, images)  # the source is not changed: one pass
     for i, layer in enumerate(new):
-        want_mean, want_std = _preactivation_stats(old, i, images)
-        mean, std = _preactivation_stats(new, i, images)
+        want_mean, want_std = wanted[i]
+        # Layer i's statistics depend on the layers before it, corrected just now.
+        mean, std = _preactivation_stats(new[: i + 1], images)[i]
         src = torch.tensor(sources[i])
         real = src >= 0
         target_mean, target_std = want_mean[src[real]], want_std[src[real]]
