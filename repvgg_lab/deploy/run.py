@@ -34,7 +34,7 @@ from repvgg_lab.deploy.verify import (
     check_onnx,
     check_real_images,
     check_verify_data,
-    real_batch,
+    real_batches,
     rel_l2,
     run_torch,
     synthetic_batch,
@@ -380,20 +380,19 @@ def deploy(
             else ""
         )
         _gate({"plain net": drift.deploy_rel_max}, tol, hint)
-        images = (
-            real_batch(verify_data, verify_root, input_size, src.in_channels, verify_size)
+        sizes = {"val": verify_size} if verify_data else {}
+        if prune is not None and "max_batches" in prune:
+            # Calibration on training images: the validation images verify the result, unseen.
+            sizes["train"] = prune["max_batches"] * verify_batch
+        real = (
+            real_batches(verify_data, verify_root, input_size, src.in_channels, sizes)
             if verify_data
-            else None
+            else {}
         )
+        images = real.get("val")
         unpruned, prune_metrics, prune_summary, export_truth = None, {}, None, truth
         if prune is not None:
-            calibration = None
-            if "max_batches" in prune:
-                # Training images: the validation images verify the result, unseen.
-                size = prune["max_batches"] * verify_batch
-                calibration, _ = real_batch(
-                    verify_data, verify_root, input_size, src.in_channels, size, split="train"
-                )
+            calibration = real["train"][0] if "train" in real else None
             unpruned, prune_metrics, prune_summary, export_truth = _prune(
                 src, prune, input_size, x, truth, tol, hint, calibration
             )

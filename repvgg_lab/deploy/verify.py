@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +122,11 @@ def check_verify_data(data: str | None, root: str | None) -> None:
         raise DeployError("verify.data=imagenet needs verify.root=<folder with train/ and val/>")
 
 
-def real_batch(
-    data: str, root: str | None, input_size: int, in_channels: int, size: int, split: str = "val"
-) -> tuple[Tensor, Tensor]:
-    """`size` images and labels of `split` (eval transforms) from the `digits` or `imagenet`
-    data module."""
+def real_batches(
+    data: str, root: str | None, input_size: int, in_channels: int, sizes: Mapping[str, int]
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """For each split in `sizes` ("train", "val", ...), that many images and labels (eval
+    transforms) from the `digits` or `imagenet` data module, which is set up once."""
     check_verify_data(data, root)
     try:
         from repvgg_lab import data as datamodules
@@ -137,15 +138,16 @@ def real_batch(
         else:
             module = datamodules.ImageNetDataModule(root=root, img_size=input_size)
         module.setup()
-        x, y = module.fixed_batch(split=split, size=size)
+        batches = {split: module.fixed_batch(split=split, size=n) for split, n in sizes.items()}
     except (InputError, FileNotFoundError, ValueError) as err:
         # The data modules report a bad root or option as a ValueError (DataRootError).
         raise DeployError(f"verify.data={data}: {err}") from None
-    if x.shape[1] != in_channels:
+    wrong = {x.shape[1] for x, _ in batches.values()} - {in_channels}
+    if wrong:
         raise DeployError(
-            f"verify.data={data} gives {x.shape[1]}-channel images but the net takes {in_channels}"
+            f"verify.data={data} gives {wrong.pop()}-channel images but the net takes {in_channels}"
         )
-    return x, y
+    return batches
 
 
 def check_real_images(

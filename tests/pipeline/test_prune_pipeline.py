@@ -224,7 +224,7 @@ def test_deploy_lossy_pruning_of_a_trained_checkpoint(trained, tmp_path) -> None
 
 
 def test_deploy_recalibrates_pruning_on_the_verification_images(trained, tmp_path) -> None:
-    from repvgg_lab.deploy.verify import real_batch
+    from repvgg_lab.deploy.verify import real_batches
 
     run, _, _ = trained
     out = tmp_path / "out"
@@ -235,7 +235,7 @@ def test_deploy_recalibrates_pruning_on_the_verification_images(trained, tmp_pat
     assert m["prune/recalibrated"] == 1.0
     # The same as pruning the saved plain net, recalibrated on 3 batches of 2 training images
     # (the validation images stay unseen for verify/acc).
-    images, _ = real_batch("digits", None, 16, 3, 6, split="train")
+    images, _ = real_batches("digits", None, 16, 3, {"train": 6})["train"]
     plain = load_source(run / "plain.safetensors").plain
     expected, _ = prune_net(
         plain, 16, macs_reduction=0.3, score="l2_next", normalize=True, batches=images.split(2)
