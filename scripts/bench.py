@@ -48,11 +48,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from repvgg_lab.deploy.export import export_onnx
-from repvgg_lab.deploy.latency import measure_latency, paired_ratio
 from repvgg_lab.deploy.verify import OnnxRunner
-from repvgg_lab.models import count_macs, create_model, reparameterize
-from repvgg_lab.models.init import randomize_bn
+from repvgg_lab.models import create_model, reparameterize
 from repvgg_lab.reparam import rel_max
+from repvgg_lab.testing import randomize_bn
+from repvgg_lab.utils import count_macs, measure_latency, paired_ratio
 
 log = logging.getLogger("bench")
 

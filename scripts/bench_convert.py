@@ -30,8 +30,8 @@ from timm.utils.model import reparameterize_model
 from torch import nn
 
 from repvgg_lab.models import create_model, reparameterize
-from repvgg_lab.models.init import randomize_bn
 from repvgg_lab.reparam import rel_max
+from repvgg_lab.testing import randomize_bn
 
 log = logging.getLogger("bench_convert")
 

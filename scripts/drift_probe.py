@@ -32,9 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from repvgg_lab import create_model, measure_drift, reparameterize
-from repvgg_lab.models.drift import tf32
-from repvgg_lab.models.init import bn_gamma, randomize_bn, timm_like
+from repvgg_lab.models.init import bn_gamma, timm_like
 from repvgg_lab.reparam import rel_max
+from repvgg_lab.testing import randomize_bn
+from repvgg_lab.utils import tf32
 
 CASES: dict[str, Callable[[argparse.Namespace], None]] = {}
 

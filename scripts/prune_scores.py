@@ -21,7 +21,7 @@ import torch
 from repvgg_lab.data import DigitsDataModule
 from repvgg_lab.deploy import load_source
 from repvgg_lab.lit.evaluate import evaluate
-from repvgg_lab.models.prune import prune_net
+from repvgg_lab.prune.channels import prune_net
 
 # (label, score, normalize, recalibrated)
 CRITERIA = [

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 
-from repvgg_lab.deploy import load_source, measure_latency, paired_ratio
-from repvgg_lab.models import count_macs, count_params
+from repvgg_lab.deploy import load_source
 from repvgg_lab.pipeline.train import train
+from repvgg_lab.utils import count_macs, count_params, measure_latency, paired_ratio
 
 log = logging.getLogger("prune_study")
 ROOT = Path(__file__).resolve().parents[1]

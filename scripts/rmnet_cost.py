@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from repvgg_lab import create_model, measure_drift, reparameterize
-from repvgg_lab.models import count_macs, count_params
-from repvgg_lab.models.init import randomize_bn
 from repvgg_lab.models.plain import ChannelClamp
 from repvgg_lab.reparam import BNStats, fuse_conv_bn, rel_max
+from repvgg_lab.testing import randomize_bn
+from repvgg_lab.utils import count_macs, count_params
 
 MODELS = ["rmnet_resnet18", "rmnet_resnet34", "rmnet_resnet50", "rmnet_mobilenet_v2"]
 RMNET_FORM = {

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from repvgg_lab import create_model
 from repvgg_lab.lit.callbacks import Reparameterize
-from repvgg_lab.models.drift import tf32
+from repvgg_lab.utils import tf32
 from tests.helpers.cli import load_script, run_script
 from tests.helpers.contract import DRIFT_METRICS
 from tests.helpers.wandb_records import records, summary

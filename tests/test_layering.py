@@ -1,4 +1,5 @@
-"""Imports point down the layer picture: reparam <- models <- lit/deploy/data <- pipeline.
+"""Imports point down the layer picture (README "Layout"): reparam <- models <- prune <-
+lit/deploy/data <- bench <- studies <- pipeline; errors, fileio and utils serve every layer.
 
 Static checks read every file with `ast` (packages that do not exist yet are skipped, so the test
 keeps holding as the tree grows); a subprocess checks what importing the core really loads."""
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "repvgg_lab"
@@ -120,13 +123,39 @@ def test_reparam_imports_torch_and_stdlib_only() -> None:
     assert _violations(files, allowed) == []
 
 
-def test_models_do_not_import_upper_layers() -> None:
-    files = _files(PACKAGE / "models")
-    assert files, "repvgg_lab/models has no files"
-    upper = tuple(f"repvgg_lab.{p}" for p in ("lit", "data", "deploy", "pipeline"))
+# Each package and the packages above it in the layer picture, which it must not import.
+UPPER = {
+    "models": ("prune", "lit", "data", "deploy", "pipeline", "bench", "studies", "testing"),
+    "prune": ("lit", "data", "deploy", "pipeline", "bench", "studies", "testing"),
+    "data": ("lit", "deploy", "pipeline", "bench", "studies", "testing"),
+    "lit": ("deploy", "pipeline", "bench", "studies", "testing"),
+    "deploy": ("lit", "pipeline", "bench", "studies", "testing"),
+    "bench": ("pipeline", "studies"),
+    "studies": ("pipeline",),
+}
+# Modules every layer may use: they import the standard library, torch and each other only.
+FOUNDATION = ("errors", "fileio", "utils")
+
+
+@pytest.mark.parametrize("package", sorted(UPPER))
+def test_packages_do_not_import_upper_layers(package: str) -> None:
+    files = _files(PACKAGE / package)
+    assert files, f"repvgg_lab/{package} has no files"
+    upper = tuple(f"repvgg_lab.{p}" for p in UPPER[package])
+    heavy = HEAVY if package in ("models", "prune") else ("hydra", "omegaconf", "wandb")
 
     def allowed(name: str) -> bool:
-        return not _under(name, *upper) and _top(name) not in HEAVY
+        return not _under(name, *upper) and _top(name) not in heavy
+
+    assert _violations(files, allowed) == []
+
+
+def test_foundation_modules_import_torch_and_each_other_only() -> None:
+    files = [PACKAGE / f"{name}.py" for name in FOUNDATION]
+    own = tuple(f"repvgg_lab.{name}" for name in FOUNDATION)
+
+    def allowed(name: str) -> bool:
+        return _top(name) in STDLIB | {"torch"} or _under(name, *own)
 
     assert _violations(files, allowed) == []
 

@@ -12,7 +12,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from repvgg_lab.data.base import ImageDataModule, Splits, TransformSubset, stratified_split
-from repvgg_lab.data.errors import DataRootError
+from repvgg_lab.errors import DataRootError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from repvgg_lab.data.base import ImageDataModule, Splits, TransformSubset
-from repvgg_lab.data.errors import DataRootError
+from repvgg_lab.errors import DataRootError
 
 log = logging.getLogger(__name__)
 

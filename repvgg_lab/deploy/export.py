@@ -13,7 +13,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from repvgg_lab.deploy.errors import DeployError
+from repvgg_lab.errors import DeployError
 
 log = logging.getLogger(__name__)
 

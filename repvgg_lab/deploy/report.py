@@ -7,9 +7,9 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from repvgg_lab.deploy.latency import paired_ratio
 from repvgg_lab.models import DriftReport
 from repvgg_lab.models.drift import METRIC_NAMES
+from repvgg_lab.utils import paired_ratio
 
 DRIFT_KEYS = tuple(f"drift/{name}" for name in METRIC_NAMES)
 # Drift metrics that compare against the multi-branch net; undefined for a plain checkpoint.

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import onnx
 import onnxruntime
 import torch
 
-from repvgg_lab.deploy.errors import DeployError
 from repvgg_lab.deploy.export import (
     DEFAULT_OPSET,
     OPSETS,
@@ -26,7 +24,6 @@ from repvgg_lab.deploy.export import (
     export_program,
     load_program,
 )
-from repvgg_lab.deploy.latency import measure_latency, paired_ratio
 from repvgg_lab.deploy.report import drift_metrics, latency_metrics, prune_latency_metrics
 from repvgg_lab.deploy.source import Source, load_source, save_plain
 from repvgg_lab.deploy.verify import (
@@ -39,11 +36,13 @@ from repvgg_lab.deploy.verify import (
     run_torch,
     synthetic_batch,
 )
+from repvgg_lab.errors import DeployError, PruningError
 from repvgg_lab.fileio import write_json
-from repvgg_lab.models import count_macs, count_params, measure_drift
-from repvgg_lab.models.prune import PruningError, prune_net
+from repvgg_lab.models import measure_drift
+from repvgg_lab.prune.channels import prune_net
 from repvgg_lab.reparam import rel_max, top1_agree
 from repvgg_lab.reparam import tolerance as default_tolerance
+from repvgg_lab.utils import count_macs, count_params, measure_latency, paired_ratio, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -152,20 +151,6 @@ def _latency(
             {k: round(v["median_ms"], 2) for k, v in results.items()},
         )
     return metrics, details
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """PyTorch's CPU thread count for the duration (ONNX Runtime sessions follow it)."""
-    if threads is None:
-        yield
-        return
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _report(

@@ -15,10 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from repvgg_lab.deploy.errors import DeployError
+from repvgg_lab.errors import CheckpointError, DeployError
 from repvgg_lab.models import (
     Checkpoint,
-    CheckpointError,
     create_model,
     load_pretrained,
     read_checkpoint,

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from repvgg_lab.deploy.errors import DeployError
 from repvgg_lab.deploy.export import ONNX_INPUT
-from repvgg_lab.errors import InputError
-from repvgg_lab.models.drift import evaluating, exact_fp32
+from repvgg_lab.errors import DeployError, InputError
 from repvgg_lab.reparam import compare, rel_max, top1_agree
+from repvgg_lab.utils import evaluating, exact_fp32
 
 log = logging.getLogger(__name__)
 

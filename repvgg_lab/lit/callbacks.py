@@ -13,9 +13,9 @@ from torch import nn
 
 from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.evaluate import evaluate
-from repvgg_lab.models import count_macs, count_params, measure_drift, reparameterize
+from repvgg_lab.models import measure_drift, reparameterize
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
-from repvgg_lab.models.drift import tf32
+from repvgg_lab.utils import count_macs, count_params, tf32
 
 log = logging.getLogger(__name__)
 

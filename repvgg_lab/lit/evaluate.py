@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from repvgg_lab.models.drift import evaluating
+from repvgg_lab.utils import evaluating
 
 
 def evaluate(

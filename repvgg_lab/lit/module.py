@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from repvgg_lab.models import create_model
-from repvgg_lab.models.gates import sparsity_penalty
+from repvgg_lab.prune.gates import sparsity_penalty
 
 log = logging.getLogger(__name__)
 

@@ -3,28 +3,22 @@
 from repvgg_lab.models.blocks import RepVGGBlock
 from repvgg_lab.models.checkpoints import (
     Checkpoint,
-    CheckpointError,
     load_pretrained,
     read_checkpoint,
     save_weights,
 )
 from repvgg_lab.models.convert import reparameterize
-from repvgg_lab.models.cost import count_macs, count_params
 from repvgg_lab.models.drift import DriftReport, measure_drift
-from repvgg_lab.models.registry import MODELS, UnknownModelError, create_model, list_models
+from repvgg_lab.models.registry import MODELS, create_model, list_models
 from repvgg_lab.models.repvgg import RepVGG, RepVGGConfig
 
 __all__ = [
     "MODELS",
     "Checkpoint",
-    "CheckpointError",
     "DriftReport",
     "RepVGG",
     "RepVGGBlock",
     "RepVGGConfig",
-    "UnknownModelError",
-    "count_macs",
-    "count_params",
     "create_model",
     "list_models",
     "load_pretrained",

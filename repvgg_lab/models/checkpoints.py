@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from repvgg_lab.errors import InputError
+from repvgg_lab.errors import CheckpointError
 from repvgg_lab.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,6 @@ def _deploy_form(keys: Any) -> bool:
 
 
 _MAX_LISTED = 6
-
-
-class CheckpointError(InputError):
-    """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
 @dataclass

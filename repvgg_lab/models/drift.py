@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +12,7 @@ from torch import Tensor, nn
 
 from repvgg_lab.models.convert import convertible_modules
 from repvgg_lab.reparam import compare, rel_max, underflow_fraction
+from repvgg_lab.utils import evaluating, exact_fp32
 
 log = logging.getLogger(__name__)
 
@@ -58,36 +58,6 @@ class DriftReport:
             for name, values in self.blocks.items():
                 out.update({f"{prefix}block/{name}/{k}": v for k, v in values.items()})
         return out
-
-
-@contextlib.contextmanager
-def evaluating(*modules: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration, restoring each submodule's own flag afterwards."""
-    flags = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool) -> Iterator[None]:
-    """TF32 on or off for CUDA matmuls and cuDNN convs for the duration (no effect on CPU)."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def exact_fp32() -> contextlib.AbstractContextManager[None]:
-    """Switch off TF32 (on by default for cuDNN convs) so fp32 means fp32 during a check."""
-    return tf32(False)
 
 
 def _record_io(model: nn.Module, names: list[str]) -> tuple[dict[str, Tensor], list]:

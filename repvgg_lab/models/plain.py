@@ -14,8 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from repvgg_lab.errors import InputError
-from repvgg_lab.models.convert import reparameterize
-from repvgg_lab.models.repvgg import Head, RepVGG
+from repvgg_lab.models.repvgg import Head
 
 
 class ChannelClamp(nn.Module):
@@ -142,33 +141,3 @@ class PlainNet(nn.Module):
             pool = nn.MaxPool2d(*s["pool"]) if s["pool"] else None
             layers.append(PlainLayer(conv, act, pool))
         return cls(layers, Head(spec["num_features"], spec["num_classes"]))
-
-
-def _repvgg_blocks(model: RepVGG) -> list[nn.Module]:
-    return [model.stem, *(block for stage in model.stages for block in stage)]
-
-
-def as_plain_net(model: nn.Module) -> PlainNet:
-    """The PlainNet computing the same function as `model` (a PlainNet is returned as is).
-
-    A RepVGG is re-parameterized first if needed (float64 fusion, `model` untouched); its deploy
-    convs and head are copied unchanged, so outputs are bitwise equal. SE models are refused."""
-    if isinstance(model, PlainNet):
-        return model
-    if not isinstance(model, RepVGG):
-        raise InputError(
-            f"{type(model).__name__} has no PlainNet form; pruning supports RepVGG models "
-            "(without SE) and PlainNet (e.g. RMNet's plain conversion)"
-        )
-    if any(not isinstance(block.attn, nn.Identity) for block in _repvgg_blocks(model)):
-        raise InputError(
-            "squeeze-excitation blocks (e.g. repvgg_d2se) scale channels by an input-dependent "
-            "factor, so the model is not a plain conv chain and cannot be channel-pruned"
-        )
-    deployed = model if all(b.deploy for b in _repvgg_blocks(model)) else reparameterize(model)
-    layers = [
-        PlainLayer(copy.deepcopy(block.reparam_conv), copy.deepcopy(block.act))
-        for block in _repvgg_blocks(deployed)
-    ]
-    net = PlainNet(layers, copy.deepcopy(deployed.head))
-    return net.train(model.training)

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from repvgg_lab.errors import InputError
+from repvgg_lab.errors import UnknownModelError
 from repvgg_lab.models.repvgg import REPVGG_VARIANTS
 from repvgg_lab.models.rmnet import RMNET_VARIANTS
 
@@ -17,10 +17,6 @@ class ModelConfig(Protocol):
 
 
 MODELS: dict[str, ModelConfig] = {**REPVGG_VARIANTS, **RMNET_VARIANTS}
-
-
-class UnknownModelError(InputError):
-    """A model name that is not in the registry."""
 
 
 def list_models() -> list[str]:

@@ -31,6 +31,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import Conv2dNormActivation
 
+from repvgg_lab.errors import ConversionError
 from repvgg_lab.models.blocks import new_conv
 from repvgg_lab.models.plain import PlainLayer, PlainNet, activation_bounds, make_activation
 from repvgg_lab.models.repvgg import Head
@@ -41,27 +42,23 @@ from repvgg_lab.reparam.rmnet import merge_pointwise as merge_pointwise_layers
 log = logging.getLogger(__name__)
 
 
-class RMConversionError(ValueError):
-    """A model whose structure the exact RM conversion does not cover; the message says why."""
-
-
 def _fold(conv: nn.Conv2d, bn: nn.Module | None, act: nn.Module | None, where: str) -> PlainConv:
     """conv -> BN -> act as a float64 PlainConv, after checking the conv is one we can chain."""
     k = conv.kernel_size[0]
     if conv.kernel_size != (k, k) or k % 2 == 0:
-        raise RMConversionError(f"{where}: only odd square kernels are supported, got {k}")
+        raise ConversionError(f"{where}: only odd square kernels are supported, got {k}")
     if (
         conv.dilation != (1, 1)
         or conv.padding != (k // 2, k // 2)
         or conv.stride[0] != conv.stride[1]
         or conv.padding_mode != "zeros"
     ):
-        raise RMConversionError(
+        raise ConversionError(
             f"{where}: needs dilation 1, zero padding k//2 and equal strides (got dilation "
             f"{conv.dilation}, padding {conv.padding} {conv.padding_mode}, stride {conv.stride})"
         )
     if bn is not None and not isinstance(bn, _BatchNorm):
-        raise RMConversionError(
+        raise ConversionError(
             f"{where}: {type(bn).__name__} is not a BatchNorm and cannot be folded"
         )
     lower, upper = (-INF, INF)
@@ -69,7 +66,7 @@ def _fold(conv: nn.Conv2d, bn: nn.Module | None, act: nn.Module | None, where: s
         try:
             lo, hi = activation_bounds(act, 1)
         except TypeError as err:
-            raise RMConversionError(f"{where}: {err}") from None
+            raise ConversionError(f"{where}: {err}") from None
         lower, upper = float(lo[0]), float(hi[0])
     return folded(
         conv.weight,
@@ -113,7 +110,7 @@ def _plain_net(
 
 def _require(module: nn.Module, kind: type | tuple[type, ...], where: str, why: str) -> None:
     if not isinstance(module, kind):
-        raise RMConversionError(f"{where} is {type(module).__name__}; {why}")
+        raise ConversionError(f"{where} is {type(module).__name__}; {why}")
 
 
 def _replace_stem(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -187,12 +184,12 @@ class RMResNet(ResNet):
             if not (
                 isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)
             ):
-                raise RMConversionError(f"{name}.downsample: expected Sequential(conv1x1, BN)")
+                raise ConversionError(f"{name}.downsample: expected Sequential(conv1x1, BN)")
             shortcut = _fold(ds[0], ds[1], None, f"{name}.downsample")
         try:
             return remove_residual(branch, shortcut, nonnegative_input=True, grouped=grouped)
         except ValueError as err:
-            raise RMConversionError(f"{name}: {err}") from None
+            raise ConversionError(f"{name}: {err}") from None
 
     @torch.no_grad()
     def to_plain(self, grouped_bottleneck: bool | None = None) -> PlainNet:
@@ -212,7 +209,7 @@ def _conv_norm_act(module: nn.Module, where: str) -> PlainConv:
     _require(module, Conv2dNormActivation, where, "expected Conv2dNormActivation(conv, BN, act)")
     parts = list(module)
     if len(parts) != 3:
-        raise RMConversionError(
+        raise ConversionError(
             f"{where}: expected conv, BN and activation, found {len(parts)} parts"
         )
     return _fold(parts[0], parts[1], parts[2], where)
@@ -242,7 +239,7 @@ class RMMobileNetV2(MobileNetV2):
     def _block_math(self, name: str, block: InvertedResidual) -> list[PlainConv]:
         parts = list(block.conv)
         if len(parts) < 3 or not isinstance(parts[-2], nn.Conv2d):
-            raise RMConversionError(f"{name}: expected [conv-BN-act ..., conv1x1, BN]")
+            raise ConversionError(f"{name}: expected [conv-BN-act ..., conv1x1, BN]")
         convs = [_conv_norm_act(p, f"{name}.conv.{i}") for i, p in enumerate(parts[:-2])]
         convs.append(_fold(parts[-2], parts[-1], None, f"{name}.conv.{len(parts) - 2}"))
         if not block.use_res_connect:
@@ -250,7 +247,7 @@ class RMMobileNetV2(MobileNetV2):
         try:
             return remove_residual(convs, None, nonnegative_input=False)
         except ValueError as err:
-            raise RMConversionError(f"{name}: {err}") from None
+            raise ConversionError(f"{name}: {err}") from None
 
     @torch.no_grad()
     def to_plain(self, merge_pointwise: bool | None = None) -> PlainNet:

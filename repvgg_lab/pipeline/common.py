@@ -14,13 +14,9 @@ from repvgg_lab.errors import InputError
 log = logging.getLogger(__name__)
 
 
-class UserError(InputError):
-    """Bad input from the command line or config; reported in one line, exit status 2."""
-
-
 # Errors that mean "the input is wrong", not "the program is wrong"; anything else keeps its
 # traceback because it is a bug worth reporting.
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, InputError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError, FileNotFoundError)
 
 
 def _root_cause(err: BaseException) -> BaseException:

@@ -12,7 +12,8 @@ from rich.console import Console
 
 from repvgg_lab.deploy import run
 from repvgg_lab.deploy.report import render
-from repvgg_lab.pipeline.common import UserError, user_errors
+from repvgg_lab.errors import ConfigError
+from repvgg_lab.pipeline.common import user_errors
 from repvgg_lab.pipeline.prune import (
     calibration_batches,
     check_prune,
@@ -29,7 +30,7 @@ def _values(cfg: DictConfig) -> dict[str, Any]:
         values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
         key = err.full_key or "a value"
-        raise UserError(
+        raise ConfigError(
             f"missing required option {key}= (e.g. python deploy.py {key}=...)"
         ) from None
     assert isinstance(values, dict)

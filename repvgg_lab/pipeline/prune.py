@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, get_args
 
-from repvgg_lab.models.prune import Scope, Score
-from repvgg_lab.pipeline.common import UserError
+from repvgg_lab.errors import ConfigError
+from repvgg_lab.prune.channels import Scope, Score
 
 CRITERIA = ("threshold", "ratio", "macs_reduction")
 
@@ -25,14 +25,14 @@ def check_prune(prune: Mapping[str, Any] | None) -> None:
     assert prune is not None
     chosen = [f"prune.{k}" for k in CRITERIA if prune.get(k) is not None]
     if len(chosen) > 1:
-        raise UserError(
+        raise ConfigError(
             f"give one pruning criterion, got {' and '.join(chosen)} (set the others to null, "
             "e.g. prune.macs_reduction=null)"
         )
     for key, allowed in (("scope", get_args(Scope)), ("score", get_args(Score))):
         value = prune.get(key)
         if value is not None and value not in allowed:
-            raise UserError(f"prune.{key}={value!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"prune.{key}={value!r} is not one of {', '.join(allowed)}")
     calibration_batches(prune)  # both raise on a bad value
     latency_rounds(prune)
 
@@ -64,5 +64,5 @@ def latency_rounds(prune: Mapping[str, Any]) -> int:
 def _count(prune: Mapping[str, Any], key: str) -> int:
     value = prune.get(key) or 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UserError(f"prune.{key} must be an integer >= 0, got {value!r}")
+        raise ConfigError(f"prune.{key} must be an integer >= 0, got {value!r}")
     return value

@@ -13,15 +13,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from repvgg_lab.deploy.latency import measure_latency
 from repvgg_lab.deploy.report import prune_latency_metrics
+from repvgg_lab.errors import ConfigError
 from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.callbacks import Reparameterize, describe
 from repvgg_lab.lit.evaluate import evaluate
 from repvgg_lab.lit.module import ClassifierModule
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
-from repvgg_lab.models.prune import prune_net
-from repvgg_lab.pipeline.common import UserError, user_errors
+from repvgg_lab.pipeline.common import user_errors
 from repvgg_lab.pipeline.prune import (
     calibration_batches,
     check_prune,
@@ -29,6 +28,8 @@ from repvgg_lab.pipeline.prune import (
     prune_options,
     pruning_requested,
 )
+from repvgg_lab.prune.channels import prune_net
+from repvgg_lab.utils import measure_latency
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,9 @@ def _distill_options(finetune: DictConfig) -> tuple[float, float]:
 def _check_finetune(finetune: DictConfig) -> None:
     distill, temperature = _distill_options(finetune)
     if not 0.0 <= distill <= 1.0:
-        raise UserError(f"finetune.distill must lie in [0, 1], got {distill}")
+        raise ConfigError(f"finetune.distill must lie in [0, 1], got {distill}")
     if temperature <= 0:
-        raise UserError(f"finetune.temperature must be > 0, got {temperature}")
+        raise ConfigError(f"finetune.temperature must be > 0, got {temperature}")
 
 
 def _finetune(
@@ -208,7 +209,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         log.info("seed %d", cfg.seed)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     check_prune(cfg.get("prune"))  # a bad prune option fails now, not after training
     _check_finetune(cfg.finetune)
     output_dir = Path(cfg.output_dir)

@@ -13,9 +13,9 @@ from torch import nn
 
 from repvgg_lab.deploy.source import Source, save_plain
 from repvgg_lab.models import create_model
-from repvgg_lab.models.init import randomize_bn
 from repvgg_lab.models.plain import ChannelClamp, PlainLayer, PlainNet
 from repvgg_lab.models.repvgg import Head
+from repvgg_lab.testing import randomize_bn
 from tests.helpers.cli import run_script
 from tests.helpers.contract import official_names
 

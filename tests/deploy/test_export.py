@@ -12,7 +12,7 @@ from torch import nn
 from repvgg_lab.deploy import DeployError
 from repvgg_lab.deploy.export import check_plain_graph, export_onnx, op_counts
 from repvgg_lab.models import RepVGGBlock, reparameterize
-from repvgg_lab.models.init import randomize_bn
+from repvgg_lab.testing import randomize_bn
 
 
 def _blocks(se: bool = False) -> nn.Module:

@@ -192,7 +192,7 @@ def test_torchvision_resnet50_deploys_without_add_nodes(tmp_path) -> None:
     import onnxruntime as ort
     import torchvision
 
-    from repvgg_lab.models.init import randomize_bn
+    from repvgg_lab.testing import randomize_bn
 
     source = randomize_bn(torchvision.models.resnet50(num_classes=10), seed=3).eval()
     torch.save(source.state_dict(), tmp_path / "resnet50_torchvision.pth")

@@ -82,7 +82,7 @@ def test_official_deploy_form_is_already_plain(tmp_path, a0, to_official) -> Non
 
 def test_timm_weights_match_timm_outputs(tmp_path) -> None:
     timm = pytest.importorskip("timm")
-    from repvgg_lab.models.init import randomize_bn
+    from repvgg_lab.testing import randomize_bn
 
     oracle = randomize_bn(timm.create_model("repvgg_a0", num_classes=10), seed=3).eval()
     torch.save(oracle.state_dict(), tmp_path / "timm_a0.pth")
@@ -99,7 +99,7 @@ RMNET = [("rmnet_resnet18", "resnet18"), ("rmnet_mobilenet_v2", "mobilenet_v2")]
 def test_torchvision_weights_into_rmnet(tmp_path, name, tv_name) -> None:
     import torchvision
 
-    from repvgg_lab.models.init import randomize_bn
+    from repvgg_lab.testing import randomize_bn
 
     oracle = randomize_bn(getattr(torchvision.models, tv_name)(num_classes=10), seed=1).eval()
     torch.save(oracle.state_dict(), tmp_path / f"{tv_name}.pth")

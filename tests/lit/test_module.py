@@ -12,7 +12,7 @@ from repvgg_lab.lit import ClassifierModule
 from repvgg_lab.lit.module import param_groups
 from repvgg_lab.lit.schedules import cosine
 from repvgg_lab.models import create_model
-from repvgg_lab.models.gates import gate_parameters
+from repvgg_lab.prune.gates import gate_parameters
 
 
 def fit(module: ClassifierModule, steps: int, batch_size: int = 16) -> pl.Trainer:

@@ -5,8 +5,8 @@ from pytorch_lightning.plugins import TorchSyncBatchNorm
 from torch import nn
 
 from repvgg_lab.models import create_model, reparameterize
-from repvgg_lab.models.init import randomize_bn
 from repvgg_lab.reparam import rel_max
+from repvgg_lab.testing import randomize_bn
 
 
 def test_converts_after_sync_batchnorm_and_revert() -> None:

@@ -9,14 +9,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from repvgg_lab.models import create_model
-from repvgg_lab.models.init import randomize_bn
+from repvgg_lab.testing import trained_like
 
 
 def _trained(name: str = "repvgg_a0", seed: int = 0, num_classes: int = 10, **kw) -> nn.Module:
     """A registry model with random conv weights and trained-like BN statistics, in eval mode."""
-    torch.manual_seed(seed)
-    return randomize_bn(create_model(name, num_classes=num_classes, **kw), seed=seed).eval()
+    return trained_like(name, seed, num_classes=num_classes, **kw)
 
 
 @torch.no_grad()

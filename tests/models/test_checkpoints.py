@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from repvgg_lab.errors import CheckpointError
 from repvgg_lab.models import (
-    CheckpointError,
     create_model,
     load_pretrained,
     read_checkpoint,

@@ -110,7 +110,7 @@ class _UserNet(nn.Module):
 
 
 def test_converts_blocks_embedded_in_a_user_module_tree(truth) -> None:
-    from repvgg_lab.models.init import randomize_bn
+    from repvgg_lab.testing import randomize_bn
 
     net = randomize_bn(_UserNet())
     x = torch.randn(2, 3, 16, 16)

@@ -6,15 +6,15 @@ import pytest
 import timm
 import torch
 
+from repvgg_lab.errors import UnknownModelError
 from repvgg_lab.models import (
     MODELS,
     RepVGG,
     RepVGGBlock,
-    UnknownModelError,
-    count_params,
     create_model,
     list_models,
 )
+from repvgg_lab.utils import count_params
 
 # (train-form, deploy-form) parameter counts at num_classes=1000, from the RepVGG paper / README
 # (the deploy counts are the paper's, unrounded; the official code counts the same).

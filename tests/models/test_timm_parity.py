@@ -11,8 +11,8 @@ import torch
 from timm.utils.model import reparameterize_model
 
 from repvgg_lab.models import create_model, load_pretrained, reparameterize
-from repvgg_lab.models.init import randomize_bn
 from repvgg_lab.reparam import rel_max
+from repvgg_lab.testing import randomize_bn
 
 
 def _random_timm(name: str, seed: int) -> torch.nn.Module:

@@ -17,14 +17,15 @@ from omegaconf import OmegaConf
 
 from repvgg_lab.deploy import load_source
 from repvgg_lab.lit.evaluate import evaluate
-from repvgg_lab.models import count_macs, create_model, read_checkpoint, save_weights
-from repvgg_lab.models.init import randomize_bn
+from repvgg_lab.models import create_model, read_checkpoint, save_weights
 from repvgg_lab.models.plain import PlainNet
-from repvgg_lab.models.prune import prune_net
 from repvgg_lab.pipeline.deploy import deploy
 from repvgg_lab.pipeline.prune import prune_options
 from repvgg_lab.pipeline.train import train
+from repvgg_lab.prune.channels import prune_net
 from repvgg_lab.reparam import rel_max
+from repvgg_lab.testing import randomize_bn
+from repvgg_lab.utils import count_macs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = [

@@ -4,7 +4,7 @@ import json
 
 from repvgg_lab.models import create_model, reparameterize, save_weights
 from repvgg_lab.models.checkpoints import plain_metadata
-from repvgg_lab.models.init import randomize_bn
+from repvgg_lab.testing import randomize_bn
 from tests.helpers.cli import load_script
 
 

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from repvgg_lab.errors import InputError
-from repvgg_lab.models.plain import PlainLayer, PlainNet, as_plain_net
+from repvgg_lab.models.plain import PlainLayer, PlainNet
+from repvgg_lab.prune.view import as_plain_net
 
 
 def _images(batch: Any) -> Tensor:

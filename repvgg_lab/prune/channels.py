@@ -21,16 +21,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from repvgg_lab.errors import InputError
-from repvgg_lab.models.calibrate import recalibrate
-from repvgg_lab.models.cost import count_macs, count_params
-from repvgg_lab.models.plain import (
-    PlainLayer,
-    PlainNet,
-    activation_bounds,
-    as_plain_net,
-    make_activation,
-)
+from repvgg_lab.errors import PruningError
+from repvgg_lab.models.plain import PlainLayer, PlainNet, activation_bounds, make_activation
+from repvgg_lab.prune.calibrate import recalibrate
+from repvgg_lab.prune.view import as_plain_net
 from repvgg_lab.reparam.prune import (
     constant_outputs,
     effective_norms,
@@ -42,15 +36,12 @@ from repvgg_lab.reparam.prune import (
     ratio_threshold,
     select_channels,
 )
+from repvgg_lab.utils import count_macs, count_params
 
 log = logging.getLogger(__name__)
 
 Scope = Literal["layer", "global"]
 Score = Literal["l2", "l2_next"]
-
-
-class PruningError(InputError):
-    """A model or an option that pruning cannot handle; the message says why."""
 
 
 # ----------------------------------------------------------------------------- pruning

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from repvgg_lab.deploy import measure_latency, paired_ratio
+from repvgg_lab.utils import measure_latency, paired_ratio
 
 
 def test_rounds_interleave_and_warmup_is_not_timed() -> None:

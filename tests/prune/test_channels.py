@@ -8,26 +8,25 @@ import pytest
 import torch
 from torch import nn
 
-from repvgg_lab.errors import InputError
+from repvgg_lab.errors import InputError, PruningError
 from repvgg_lab.models import (
     RepVGGBlock,
-    count_macs,
-    count_params,
     create_model,
     reparameterize,
 )
-from repvgg_lab.models.gates import gate_parameters, shrink_gates_, sparsity_penalty
-from repvgg_lab.models.init import randomize_bn
-from repvgg_lab.models.plain import PlainNet, as_plain_net
-from repvgg_lab.models.prune import (
-    PruningError,
+from repvgg_lab.models.plain import PlainNet
+from repvgg_lab.models.repvgg import RepVGGConfig
+from repvgg_lab.prune.channels import (
     channel_scores,
     prune_plain,
     prune_summary,
     prune_to_macs,
 )
-from repvgg_lab.models.repvgg import RepVGGConfig
+from repvgg_lab.prune.gates import gate_parameters, shrink_gates_, sparsity_penalty
+from repvgg_lab.prune.view import as_plain_net
 from repvgg_lab.reparam.prune import fold_into_bias, prune_inputs
+from repvgg_lab.testing import randomize_bn
+from repvgg_lab.utils import count_macs, count_params
 from tests.helpers.prune_nets import REMOVABLE, assert_equivalent, build_net, features, rel
 
 SIZES = (32, 33)  # 33: stride-2 convs then read their bottom/right zero padding

@@ -1,0 +1,1 @@
+"""Benchmarks: conversion speed, CPU latency, training-loop overhead and the GPU section."""

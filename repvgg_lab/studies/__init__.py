@@ -1,0 +1,1 @@
+"""Studies behind the docs: drift, the gamma sweep, pruning and RMNet cost."""
