@@ -26,8 +26,9 @@ LAYOUT = "root/train/<class>/*.jpg and root/val/<class>/*.jpg (optional root/tes
 class ImageNetDataModule(ImageDataModule):
     """Any ImageFolder tree laid out like ImageNet; `num_classes` is the number of class folders
     in root/train. Training uses timm's random-resized-crop pipeline, evaluation resizes to
-    img_size / crop_pct and centre-crops img_size. The test split is root/test when it exists,
-    else root/val."""
+    img_size / crop_pct and centre-crops img_size. `test_split` names the folder behind the
+    test split: "test", "val", or "auto" (root/test when it exists, else root/val, said in the
+    log, since test/acc then measures the validation images)."""
 
     in_channels = 3
 
@@ -43,10 +44,14 @@ class ImageNetDataModule(ImageDataModule):
         auto_augment: str | None = None,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        test_split: str = "auto",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         if not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct={crop_pct} must be in (0, 1]")
+        if test_split not in ("auto", "test", "val"):
+            raise ValueError(f"test_split={test_split!r} must be one of auto, test, val")
+        self.test_split = test_split
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         self.img_size = img_size
@@ -108,16 +113,30 @@ class ImageNetDataModule(ImageDataModule):
             std=self.std,
         )
 
+    def _test_folder(self) -> str:
+        """The folder the test split reads; "auto" without root/test falls back to val, loudly."""
+        if self.test_split != "auto":
+            return self.test_split
+        if (self.root / "test").is_dir():
+            return "test"
+        log.warning(
+            "%s has no test/ folder: the test split is val/ (test/acc = validation accuracy; "
+            "set data.test_split=val to make this explicit)",
+            self.root,
+        )
+        return "val"
+
     def _build_splits(self) -> Splits:
         """Scan the folders once; the training folder serves both train and train_eval."""
         _ = self.classes  # checks the layout first, so errors name what is missing
         train = self._folder("train")
         eval_tf = self._transform(train=False)
         val = TransformSubset(self._folder("val"), None, eval_tf)
-        has_test = (self.root / "test").is_dir()
         return Splits(
             train=TransformSubset(train, None, self._transform(train=True)),
             val=val,
-            test=TransformSubset(self._folder("test"), None, eval_tf) if has_test else val,
+            test=val
+            if self._test_folder() == "val"
+            else TransformSubset(self._folder("test"), None, eval_tf),
             train_eval=TransformSubset(train, None, eval_tf),
         )

@@ -109,9 +109,13 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({msg})") from None
     try:
         hparams = json.loads(meta.get(_META_KEY, "{}"))
-    except json.JSONDecodeError:
-        hparams = {}
-    return {"state_dict": state, "hyper_parameters": hparams if isinstance(hparams, dict) else {}}
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"{path}: the {_META_KEY!r} metadata block is not valid JSON ({err.msg})"
+        ) from None
+    if not isinstance(hparams, dict):
+        raise CheckpointError(f"{path}: the {_META_KEY!r} metadata block is not a JSON object")
+    return {"state_dict": state, "hyper_parameters": hparams}
 
 
 def plain_metadata(plain: nn.Module, **info: Any) -> dict[str, Any]:

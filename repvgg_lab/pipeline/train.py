@@ -44,11 +44,22 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
+def _check_sync_batchnorm(trainer_cfg: dict[str, Any]) -> None:
+    """SyncBatchNorm is CUDA-only in torch's DDP: say so before training, not deep inside it."""
+    on_cpu = trainer_cfg.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    if trainer_cfg.get("sync_batchnorm") and on_cpu:
+        raise ConfigError(
+            "trainer.sync_batchnorm=true needs CUDA GPUs; on CPU add trainer.sync_batchnorm=false "
+            "(each process keeps its own BN statistics)"
+        )
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, LightningModule, callbacks, loggers and trainer from `cfg`."""
     datamodule = instantiate(cfg.data)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     channels_last = bool(trainer_cfg.pop("channels_last", False))
+    _check_sync_batchnorm(trainer_cfg)
     module = instantiate(
         cfg.model,
         num_classes=datamodule.num_classes,

@@ -66,6 +66,23 @@ def test_test_folder_is_used_when_present(
     assert len(dm.splits.test) == 3 and len(dm.splits.val) == 6
 
 
+def test_without_test_folder_auto_says_it_tests_on_val_and_test_demands_the_folder(
+    imagenet_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="repvgg_lab.data.imagenet"):
+        dm = _dm(imagenet_root)
+        assert dm.splits.test is dm.splits.val
+    assert "no test/ folder: the test split is val/" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="repvgg_lab.data.imagenet"):
+        assert _dm(imagenet_root, test_split="val").splits.test is not None
+    assert caplog.text == ""  # chosen explicitly: nothing to warn about
+    with pytest.raises(DataRootError, match="test"):
+        _ = _dm(imagenet_root, test_split="test").splits
+    with pytest.raises(ValueError, match="test_split='train' must be one of auto, test, val"):
+        _dm(imagenet_root, test_split="train")
+
+
 def _error(root: Path) -> str:
     with pytest.raises(DataRootError) as info:
         _dm(root).setup("fit")

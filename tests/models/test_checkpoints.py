@@ -144,6 +144,16 @@ def test_safetensors_file(source, fresh, tmp_path) -> None:
     _assert_loaded(load_pretrained(deploy, tmp_path / "deploy.safetensors"), plain)
 
 
+@pytest.mark.parametrize(
+    ("block", "problem"), [("{not json", "not valid JSON"), ("[1, 2]", "not a JSON object")]
+)
+def test_malformed_safetensors_metadata_is_an_error_not_empty(source, tmp_path, block, problem):
+    path = tmp_path / "weights.safetensors"
+    save_file(source.state_dict(), str(path), metadata={"repvgg_lab": block})
+    with pytest.raises(CheckpointError, match=f"metadata block is {problem}"):
+        read_checkpoint(path)
+
+
 @pytest.mark.parametrize("official", [False, True])
 def test_deploy_checkpoint_into_train_model_says_deploy_true(source, fresh, official) -> None:
     state = reparameterize(source).state_dict()

@@ -6,6 +6,7 @@ import io
 import math
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 import torchvision
@@ -241,12 +242,11 @@ def test_resnet50_cost_is_at_most_5_5x_convs():
 
 def test_plain_mobilenet_v2_exports_to_onnx():
     """ChannelClamp exports (Max/Min with per-channel bounds) and onnxruntime agrees."""
-    ort = pytest.importorskip("onnxruntime")
     plain = reparameterize(_model("rmnet_mobilenet_v2")).eval()
     x = _images(2, 11)
     buffer = io.BytesIO()
     torch.onnx.export(plain, (x,), buffer, dynamo=False, input_names=["x"], output_names=["y"])
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     (y_onnx,) = session.run(None, {"x": x.numpy()})
     with torch.no_grad():
         y = plain(x)

@@ -95,6 +95,16 @@ def test_missing_resume_checkpoint_is_a_one_line_error(compose_train, tmp_path, 
     assert len(err) == 1 and "nope.ckpt" in err[0]
 
 
+def test_sync_batchnorm_on_cpu_is_a_one_line_error_not_a_silent_switch(
+    compose_train, capsys
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train(compose_train(*SMALL, "logger=none", "trainer=ddp", "trainer.accelerator=cpu"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trainer.sync_batchnorm=false" in err[0]
+
+
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return run_script("train.py", *args, timeout=timeout)
 
@@ -165,6 +175,7 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
+        "trainer.sync_batchnorm=false",
         "logger=none",
         f"hydra.run.dir={tmp_path}",
         *SMALL,

@@ -1,0 +1,59 @@
+"""Every generated block of the docs, its results file and its renderer, in one registry.
+
+README.md and docs/*.md quote measured numbers only inside generated blocks (see
+`repvgg_lab.results`); `render_docs` rewrites them from the committed files in docs/results/,
+and the test suite checks that the committed docs equal what this module renders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from repvgg_lab.results import generated_blocks, read_results, replace_generated
+from repvgg_lab.studies.default_run import render_default_run
+
+Renderer = Callable[[dict[str, Any]], str]
+RESULTS_DIR = Path("docs/results")
+
+
+def doc_blocks() -> dict[str, tuple[str, Renderer]]:
+    """Block key -> (results file name in docs/results/, renderer of the whole record)."""
+    from repvgg_lab import bench, studies
+
+    blocks: dict[str, tuple[str, Renderer]] = {
+        "default_run": ("default_run.json", render_default_run)
+    }
+    for package in (bench, studies):
+        blocks.update(getattr(package, "DOC_BLOCKS", {}))
+    return blocks
+
+
+def doc_files(root: Path) -> list[Path]:
+    """The Markdown files that may hold generated blocks: README.md and docs/*.md."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def render_block(root: Path, key: str) -> str:
+    """The body of block `key` rendered from its committed results file."""
+    blocks = doc_blocks()
+    if key not in blocks:
+        raise KeyError(f"unknown generated block {key!r}; known: {', '.join(sorted(blocks))}")
+    name, render = blocks[key]
+    return render(read_results(root / RESULTS_DIR / name)).strip("\n")
+
+
+def render_docs(root: Path, write: bool = True) -> list[Path]:
+    """Re-render every generated block under `root`; the files whose text changed (written
+    back unless `write` is False)."""
+    changed = []
+    for path in doc_files(root):
+        text = path.read_text(encoding="utf-8")
+        new = text
+        for key in generated_blocks(text):
+            new = replace_generated(new, key, render_block(root, key))
+        if new != text:
+            changed.append(path)
+            if write:
+                path.write_text(new, encoding="utf-8")
+    return changed
