@@ -7,7 +7,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +42,24 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return Path(path)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # 0-d tensors and numpy scalars
+def json_values(value: Any) -> Any:
+    """`value` as JSON-ready Python values: mappings (OmegaConf's too) as dicts with string keys,
+    sequences as lists, 0-d tensors and numpy scalars as numbers, inf/nan and anything else
+    as strings (JSON has no inf/nan)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_values(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [json_values(v) for v in value]
+    if callable(getattr(value, "item", None)) and getattr(value, "ndim", None) == 0:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no inf/nan
-    return value
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write `data` as indented JSON, atomically."""
-    text = json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(json_values(data), indent=2, sort_keys=True) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))

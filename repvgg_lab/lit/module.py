@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -12,6 +12,7 @@ import torchmetrics
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from repvgg_lab.fileio import json_values
 from repvgg_lab.models import create_model
 from repvgg_lab.prune.gates import sparsity_penalty
 
@@ -29,15 +30,6 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-def _plain(value: Any) -> Any:
-    """Config containers (e.g. OmegaConf's) as plain dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return [_plain(v) for v in value]
-    return value
 
 
 class ClassifierModule(pl.LightningModule):
@@ -78,7 +70,7 @@ class ClassifierModule(pl.LightningModule):
         if distill > 0 and teacher is None:
             raise ValueError("distill > 0 needs a teacher net")
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
-        model_kwargs = _plain(model_kwargs or {})
+        model_kwargs = json_values(model_kwargs or {})
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "init", "net", "teacher"])
         # Not a submodule: the teacher is neither trained, nor saved, nor counted.
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []

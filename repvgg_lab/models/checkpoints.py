@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from repvgg_lab.errors import CheckpointError
-from repvgg_lab.fileio import atomic_write
+from repvgg_lab.fileio import atomic_write, json_values
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +138,8 @@ def save_weights(
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {_META_KEY: json.dumps(_plain(metadata or {}), sort_keys=True)}
+    meta = {_META_KEY: json.dumps(json_values(metadata or {}), sort_keys=True)}
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
-
-
-def _plain(obj: Any) -> Any:
-    """Hyper-parameters reduced to plain Python values."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj if isinstance(obj, str | int | float | bool | type(None)) else str(obj)
 
 
 def read_checkpoint(path_or_state: str | Path | dict[str, Any]) -> Checkpoint:
@@ -160,7 +151,7 @@ def read_checkpoint(path_or_state: str | Path | dict[str, Any]) -> Checkpoint:
     hparams: dict[str, Any] = {}
     source = "state_dict"
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        hparams = _plain(obj.get("hyper_parameters") or {})
+        hparams = json_values(obj.get("hyper_parameters") or {})
         source = "lightning" if "pytorch-lightning_version" in obj else "wrapped"
         if hparams and source == "wrapped":
             source = "repvgg_lab"
