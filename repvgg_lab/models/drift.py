@@ -78,6 +78,30 @@ def _unit_scale(x: Tensor) -> Tensor:
     return x / std if float(std) > 0 else x
 
 
+def _block_drift(
+    source: nn.Module,
+    plain: nn.Module,
+    reference: nn.Module,
+    store: dict[str, Tensor],
+    names: list[str],
+) -> dict[str, dict[str, float]]:
+    """Each block fed a unit-scale copy of its own float64 input: multi-branch and plain vs
+    the float64 block, and vs each other."""
+    dtype = next(source.parameters()).dtype
+    blocks = {}
+    for name in names:
+        xb = _unit_scale(store[name + ".in"])
+        truth = reference.get_submodule(name)(xb)
+        multi = source.get_submodule(name)(xb.to(dtype))
+        single = plain.get_submodule(name)(xb.to(dtype))
+        blocks[name] = {
+            "train_rel_max": rel_max(truth, multi),
+            "deploy_rel_max": rel_max(truth, single),
+            "rel_max": rel_max(multi, single),
+        }
+    return blocks
+
+
 def measure_drift(
     source: nn.Module,
     plain: nn.Module,
@@ -109,18 +133,7 @@ def measure_drift(
                 h.remove()
         outputs = [store[n + ".out"] for n in block_names] or [y_ref]
         underflow = underflow_fraction(torch.cat([o.flatten() for o in outputs]), dtype)
-        blocks = {}
-        if per_block:
-            for name in block_names:
-                xb = _unit_scale(store[name + ".in"])
-                truth = reference.get_submodule(name)(xb)
-                multi = source.get_submodule(name)(xb.to(dtype))
-                single = plain_modules[name](xb.to(dtype))
-                blocks[name] = {
-                    "train_rel_max": rel_max(truth, multi),
-                    "deploy_rel_max": rel_max(truth, single),
-                    "rel_max": rel_max(multi, single),
-                }
+        blocks = _block_drift(source, plain, reference, store, block_names) if per_block else {}
     pair = compare(y_src, y_plain)
     report = DriftReport(
         max_abs=pair["max_abs"],
