@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from repvgg_lab.deploy.report import prune_latency_metrics
 from repvgg_lab.errors import ConfigError
@@ -28,6 +29,7 @@ from repvgg_lab.pipeline.prune import (
     prune_options,
     pruning_requested,
 )
+from repvgg_lab.pipeline.summary import print_summary, train_summary
 from repvgg_lab.prune.channels import prune_net
 from repvgg_lab.utils import measure_latency
 
@@ -252,4 +254,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job described by `cfg`; returns the final metrics."""
     with user_errors():
-        return _run(cfg)
+        metrics = _run(cfg)
+    if rank_zero_only.rank == 0:  # one summary per run, not one per DDP process
+        print_summary("repvgg_lab train", train_summary(metrics, Path(cfg.output_dir)))
+    return metrics

@@ -59,6 +59,17 @@ def test_train_writes_metrics_wandb_summary_and_plain_weights(
     assert "stem" in blocks["drift"] and "stages.3.0" in blocks["drift"]
 
 
+def test_the_run_ends_with_its_own_summary(compose_train, tmp_path: Path, capsys) -> None:
+    metrics = train(compose_train(*SMALL, "logger=none"))
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = lines[lines.index("repvgg_lab train") :]
+    text = "\n".join(summary)
+    drift = f"drift vs float64: plain {metrics['drift/vs_fp64/deploy_rel_max']:.2e}"
+    assert drift in text and "e-0" in drift  # scientific notation, never rounded to 0.0
+    assert f"deploy/test/acc {metrics['deploy/test/acc']:.4g}" in text
+    assert summary[-1] == f"  next: python deploy.py ckpt={tmp_path}/checkpoints/last.ckpt"
+
+
 def test_resume_continues_from_the_saved_epoch(compose_train, tmp_path: Path) -> None:
     first = tmp_path / "first"
     # Without the best-by-val/acc checkpoint, last.ckpt must still be written every epoch.
