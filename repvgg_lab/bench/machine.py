@@ -27,6 +27,17 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
+# What a window records, in the results file's order.
+WINDOW_FIELDS = (
+    "wall_s",
+    "load_before",
+    "load_after",
+    "own_cores",
+    "foreign_cores",
+    "foreign_share",
+)
+
+
 class CpuWindow:
     """Wall time, load average and other processes' CPU use over a `with` block.
 
@@ -61,14 +72,7 @@ class CpuWindow:
 
     def record(self) -> dict[str, float]:
         """The window as JSON-ready numbers."""
-        return {
-            "wall_s": self.wall_s,
-            "load_before": self.load_before,
-            "load_after": self.load_after,
-            "own_cores": self.own_cores,
-            "foreign_cores": self.foreign_cores,
-            "foreign_share": self.foreign_share,
-        }
+        return {name: getattr(self, name) for name in WINDOW_FIELDS}
 
 
 def wait_until_quiet(max_wait_s: float, share: float = 0.1) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from repvgg_lab.bench import keys as k
@@ -205,18 +206,29 @@ def _md_latency_table(report: dict[str, Any], png_name: str | None) -> list[str]
     return lines
 
 
-def _md_compile(report: dict[str, Any]) -> list[str]:
-    m, s = report["metrics"], report["settings"]
-    rows = [
-        [
-            name,
-            str(b),
-            _f(m.get(k.batch_key(name, b, "compile_s"))),
-            report["errors"].get(k.compile_error_key(name, b), ""),
-        ]
+def _case_rows(
+    report: dict[str, Any], present: str, cells: Callable[[str, int], list[str]]
+) -> list[list[str]]:
+    """Table rows (model, batch, *cells) of the latency cases whose entry `present` (a per-batch
+    metric or label name) was recorded."""
+    recorded = report["metrics"].keys() | report["labels"].keys()
+    return [
+        [name, str(b), *cells(name, b)]
         for name, b in latency_cases(report)
-        if k.batch_key(name, b, "compile_s") in m
+        if k.batch_key(name, b, present) in recorded
     ]
+
+
+def _md_compile(report: dict[str, Any]) -> list[str]:
+    m, s, errors = report["metrics"], report["settings"], report["errors"]
+    rows = _case_rows(
+        report,
+        "compile_s",
+        lambda name, b: [
+            _f(m[k.batch_key(name, b, "compile_s")]),
+            errors.get(k.compile_error_key(name, b), ""),
+        ],
+    )
     if not rows:
         return []
     return [
@@ -230,17 +242,15 @@ def _md_compile(report: dict[str, Any]) -> list[str]:
 
 def _md_peak(report: dict[str, Any]) -> list[str]:
     m, labels = report["metrics"], report["labels"]
-    rows = [
-        [
-            name,
-            str(b),
+    rows = _case_rows(
+        report,
+        "fastest",
+        lambda name, b: [
             k.VARIANT_LABELS[labels[k.batch_key(name, b, "fastest")]],
             _f(m[k.batch_key(name, b, "fastest_gflops")]),
             pct(m[k.batch_key(name, b, "fastest_over_peak")]),
-        ]
-        for name, b in latency_cases(report)
-        if k.batch_key(name, b, "fastest") in labels
-    ]
+        ],
+    )
     if not rows:
         return []
     n = int(m.get(k.PEAK_N, 0))
