@@ -57,6 +57,7 @@ def _keeping(
     """`convert` that keeps its result in kept[name] and appends its process CPU seconds."""
 
     def call() -> None:
+        """One timed conversion."""
         start = time.process_time()
         kept[name] = convert()
         cpu.append(time.process_time() - start)

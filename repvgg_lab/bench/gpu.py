@@ -33,6 +33,7 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, rounds:
     b = torch.randn(n, n, device=device).to(dtype)
 
     def mm() -> None:
+        """One synchronized matmul."""
         torch.mm(a, b)
         _sync(device)
 
@@ -57,6 +58,7 @@ def _train_step_fn(
     )
 
     def steps() -> None:
+        """`gpu_steps` optimizer steps, synchronized at the end."""
         for _ in range(s.gpu_steps):
             with autocast():
                 loss = F.cross_entropy(net(x), y)
@@ -75,6 +77,7 @@ def _infer_fn(plain: nn.Module, s: Settings, device: torch.device, dtype: torch.
     x = x.contiguous(memory_format=torch.channels_last)
 
     def infer() -> None:
+        """One synchronized inference batch."""
         with torch.inference_mode():
             net(x)
         _sync(device)

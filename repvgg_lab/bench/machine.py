@@ -48,12 +48,14 @@ class CpuWindow:
     wall_s = own_cores = foreign_cores = load_before = load_after = 0.0
 
     def __enter__(self) -> CpuWindow:
+        """Start counting: load average, busy and own CPU seconds, wall clock."""
         self.load_before = os.getloadavg()[0]
         self._busy0, self._own0 = machine_busy_s(), own_cpu_s()
         self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop counting and derive own and foreign cores per wall second."""
         self.wall_s = time.perf_counter() - self._t0
         busy1, own1 = machine_busy_s(), own_cpu_s()
         self.load_after = os.getloadavg()[0]

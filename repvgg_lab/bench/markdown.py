@@ -47,6 +47,7 @@ def _window_note(report: dict[str, Any], key: str) -> str:
 
 
 def _md_conditions(report: dict[str, Any]) -> list[str]:
+    """When, how and on what machine the run was measured."""
     mc, run, s = report["machine"], report["windows"].get(k.RUN, {}), report["settings"]
     versions = (
         f"python {mc['python']}, torch {mc['torch']}, onnxruntime {mc['onnxruntime']}, "
@@ -78,6 +79,7 @@ def _md_conditions(report: dict[str, Any]) -> list[str]:
 
 
 def _convert_note(report: dict[str, Any], name: str) -> str | None:
+    """The figures behind the conversion target's verdict (None when not measured)."""
     m = report["metrics"]
     if k.convert_key(name, "ours_s") not in m:
         return None
@@ -91,6 +93,7 @@ def _convert_note(report: dict[str, Any], name: str) -> str | None:
 
 
 def _onnx_note(report: dict[str, Any], name: str, batch: int, limit: float) -> str | None:
+    """The GFLOP/s behind the ONNX Runtime target's verdict (None when not measured)."""
     m, peak = report["metrics"], report["metrics"].get(k.PEAK_GFLOPS)
     if k.latency_key(name, batch, "onnxruntime") not in m or not peak:
         return None
@@ -111,6 +114,7 @@ def _onnx_note(report: dict[str, Any], name: str, batch: int, limit: float) -> s
 
 
 def _train_note(report: dict[str, Any]) -> str | None:
+    """Lightning's predicted and measured overhead, per repetition (None when not measured)."""
     m = report["metrics"]
     if k.train_key("lightning_fixed_ms_per_step") not in m:
         return None
@@ -128,6 +132,7 @@ def _train_note(report: dict[str, Any]) -> str | None:
 
 
 def _md_targets(report: dict[str, Any]) -> list[str]:
+    """The targets table with a verdict per target, and the notes explaining them."""
     rows = []
     for t in targets(report["metrics"]):
         word = verdict(t["holds"])
@@ -144,6 +149,7 @@ def _md_targets(report: dict[str, Any]) -> list[str]:
 
 
 def _md_convert(report: dict[str, Any]) -> list[str]:
+    """The conversion-time table."""
     m, rows = report["metrics"], []
     for name in report["settings"]["convert_models"]:
         if k.convert_key(name, "ours_s") not in m:
@@ -180,6 +186,7 @@ def latency_cases(report: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 def _latency_cell(m: dict[str, float], name: str, batch: int, variant: str) -> str:
+    """Median ms of one runtime and, in brackets, its ratio to the baseline."""
     if k.latency_key(name, batch, variant) not in m:
         return "—"
     ratio = "1" if variant == k.BASELINE else f"{m[k.ratio_key(name, batch, variant)]:.2f}"
@@ -187,6 +194,7 @@ def _latency_cell(m: dict[str, float], name: str, batch: int, variant: str) -> s
 
 
 def _md_latency_table(report: dict[str, Any], png_name: str | None) -> list[str]:
+    """The latency table of every runtime, and the plot's link."""
     m = report["metrics"]
     if not latency_cases(report):
         return []
@@ -220,6 +228,7 @@ def _case_rows(
 
 
 def _md_compile(report: dict[str, Any]) -> list[str]:
+    """torch.compile's compile times (and errors)."""
     m, s, errors = report["metrics"], report["settings"], report["errors"]
     rows = _case_rows(
         report,
@@ -241,6 +250,7 @@ def _md_compile(report: dict[str, Any]) -> list[str]:
 
 
 def _md_peak(report: dict[str, Any]) -> list[str]:
+    """The fastest runtime's effective speed beside the measured matmul peak."""
     m, labels = report["metrics"], report["labels"]
     rows = _case_rows(
         report,
@@ -267,6 +277,7 @@ def _md_peak(report: dict[str, Any]) -> list[str]:
 
 
 def _md_train(report: dict[str, Any]) -> list[str]:
+    """The training-loop overhead table and the one-layer net's per-step cost."""
     m, s = report["metrics"], report["settings"]
     if k.train_key("lightning_overhead") not in m:
         return []
@@ -303,6 +314,7 @@ def _md_train(report: dict[str, Any]) -> list[str]:
 
 
 def _md_gpu(report: dict[str, Any]) -> list[str]:
+    """Every GPU metric, or why the section is empty."""
     gpu = {key: v for key, v in report["metrics"].items() if key.startswith(k.GPU_PREFIX)}
     lines = ["### GPU", ""]
     if not gpu:

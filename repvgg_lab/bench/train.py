@@ -35,6 +35,7 @@ def _module_factory(s: Settings, tiny: bool = False) -> Callable[[], Any]:
     from repvgg_lab.lit.module import ClassifierModule
 
     def module() -> Any:
+        """A fresh module, seeded the same way every time."""
         torch.manual_seed(0)
         net = nn.Sequential(nn.Flatten(), nn.Linear(3 * s.train_size**2, 10)) if tiny else None
         # No batch-size LR scaling and no scheduler: configure_optimizers needs no Trainer, so
@@ -72,9 +73,12 @@ def lightning_loop(module: Any, dm: Any, steps: int, warm: int) -> tuple[float, 
     import pytorch_lightning as pl
 
     class Clock(pl.Callback):
+        """Times the steps after the warm-up from inside Lightning's loop."""
+
         start = end = 0.0
 
         def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            """Note the time at the end of the warm-up and of every step."""
             # global_step counts optimizer steps done, like `done` in bare_loop.
             if trainer.global_step == warm:
                 self.start = time.perf_counter()
