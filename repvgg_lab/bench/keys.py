@@ -81,10 +81,14 @@ def matmul_window(n: int) -> str:
     return f"peak/matmul_fp32/n{n}"
 
 
+def train_window(tiny: bool = False) -> str:
+    """Window and details entry of the loop comparison (`tiny`: on the one-layer net)."""
+    return "train/tiny" if tiny else "train"
+
+
 def train_key(name: str, tiny: bool = False) -> str:
-    """A training-overhead metric (also the window and details name when `name` is "")."""
-    prefix = "train/tiny" if tiny else "train"
-    return f"{prefix}/{name}" if name else prefix
+    """A training-overhead metric: bare_step_ms, lightning_overhead, ..."""
+    return f"{train_window(tiny)}/{name}"
 
 
 def gpu_peak_key(dtype: str) -> str:

@@ -118,7 +118,7 @@ def _train_note(report: dict[str, Any]) -> str | None:
     m = report["metrics"]
     if k.train_key("lightning_fixed_ms_per_step") not in m:
         return None
-    steady = report["details"][k.train_key("")]["steady"]
+    steady = report["details"][k.train_window()]["steady"]
     per_rep = ", ".join(
         f"{li / b:.3f}" for li, b in zip(steady["lightning"], steady["bare"], strict=True)
     )
@@ -303,12 +303,12 @@ def _md_train(report: dict[str, Any]) -> list[str]:
         f"{s['train_reps']} alternating repetitions, medians.",
         "",
         *_table(["loop", "ms / step", "whole run incl. setup, s"], rows),
-        f"Foreign CPU during the repetitions: {_window_note(report, k.train_key(''))}. The same "
+        f"Foreign CPU during the repetitions: {_window_note(report, k.train_window())}. The same "
         f"loops on a one-layer net ({s['train_tiny_steps']} steps): bare "
         f"{_f(m[k.train_key('bare_step_ms', tiny=True)])} ms, Lightning "
         f"{_f(m[k.train_key('lightning_step_ms', tiny=True)])} ms per step, i.e. Lightning's own "
         f"cost is {_f(m[k.train_key('lightning_fixed_ms_per_step')])} ms per step (foreign CPU "
-        f"{_window_note(report, k.train_key('', tiny=True))}).",
+        f"{_window_note(report, k.train_window(tiny=True))}).",
         "",
     ]
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from repvgg_lab.bench.keys import train_key
+from repvgg_lab.bench.keys import train_key, train_window
 from repvgg_lab.bench.result import Run
 from repvgg_lab.bench.settings import Settings
 
@@ -168,7 +168,7 @@ def bench_train_section(s: Settings, run: Run) -> None:
     """
     dm, m = _digits(s), run.metrics
     timed = s.train_steps - s.train_warm_steps
-    with run.window(train_key("")):
+    with run.window(train_window()):
         r = compare_loops(dm, _module_factory(s), s.train_steps, s.train_warm_steps, s.train_reps)
     for loop in ("bare", "lightning"):
         m[train_key(f"{loop}_step_ms")] = _step_ms(r, loop, timed)
@@ -176,15 +176,15 @@ def bench_train_section(s: Settings, run: Run) -> None:
     m[train_key("lightning_overhead_with_setup")] = _paired(r["total"], lambda li, b: li / b)
     for loop in ("bare", "lightning"):
         m[train_key(f"{loop}_total_s")] = statistics.median(r["total"][loop])
-    run.details[train_key("")] = r
+    run.details[train_window()] = r
 
     tiny_timed = s.train_tiny_steps - s.train_warm_steps
     tiny = _module_factory(s, tiny=True)
-    with run.window(train_key("", tiny=True)):
+    with run.window(train_window(tiny=True)):
         r = compare_loops(dm, tiny, s.train_tiny_steps, s.train_warm_steps, s.train_reps)
     for loop in ("bare", "lightning"):
         m[train_key(f"{loop}_step_ms", tiny=True)] = _step_ms(r, loop, tiny_timed)
     fixed_ms = _paired(r["steady"], lambda li, b: (li - b) / tiny_timed * 1e3)
     m[train_key("lightning_fixed_ms_per_step")] = fixed_ms
     m[train_key("lightning_overhead_predicted")] = 1 + fixed_ms / m[train_key("bare_step_ms")]
-    run.details[train_key("", tiny=True)] = r
+    run.details[train_window(tiny=True)] = r

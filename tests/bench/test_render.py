@@ -62,7 +62,7 @@ def _metrics() -> dict[str, float]:
 def fixture_record() -> dict[str, Any]:
     """A small hand-made results record: one model of each section, round numbers."""
     windows = [k.RUN, k.convert_window("repvgg_b3"), k.latency_window("repvgg_a0", 1)]
-    windows += [k.matmul_window(128), k.train_key(""), k.train_key("", tiny=True)]
+    windows += [k.matmul_window(128), k.train_window(), k.train_window(tiny=True)]
     steady = {"bare": [1.0, 2.0], "lightning": [1.1, 2.4]}
     results = {
         "created": "2026-01-02T03:04:05+00:00",
@@ -74,7 +74,7 @@ def fixture_record() -> dict[str, Any]:
         "targets": [],
         "windows": dict.fromkeys(windows, WINDOW),
         "errors": {},
-        "details": {k.train_key(""): {"steady": steady}},
+        "details": {k.train_window(): {"steady": steady}},
     }
     machine = {"cpu": "Test CPU", "cpu_capability": "AVX2", "logical_cores": 4, "threads": 2}
     machine |= {"memory_gib": 16.0, "python": "3.11", "torch": "2.x", "onnxruntime": "1.x"}

@@ -132,7 +132,7 @@ def test_train_keys(report: dict[str, Any]) -> None:
     # The totals include setup and the warm-up steps, the step times do not.
     timed = SMOKE.train_steps - SMOKE.train_warm_steps
     assert m[k.train_key("bare_total_s")] * 1e3 > m[k.train_key("bare_step_ms")] * timed
-    steady = report["details"][k.train_key("")]["steady"]
+    steady = report["details"][k.train_window()]["steady"]
     assert len(steady["bare"]) == len(steady["lightning"]) == SMOKE.train_reps
 
 
