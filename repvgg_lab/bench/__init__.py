@@ -1,1 +1,21 @@
-"""Benchmarks: conversion speed, CPU latency, training-loop overhead and the GPU section."""
+"""Benchmarks: conversion speed, CPU latency, training-loop overhead and the GPU section.
+
+Modules: `machine` (CPU accounting from /proc/stat), `settings` (run profiles), `keys` (every
+metric name, defined once), the sections `convert`, `latency`, `train` and `gpu`, `result` and
+`run` (what a run collects, the targets, the results file), `markdown` and `render` (the
+generated block of docs/benchmarks.md and the plot, from the results file alone)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from repvgg_lab.bench.markdown import render_markdown_from_record
+
+# Generated doc blocks of docs/benchmarks.md: key -> (results file in docs/results/, renderer
+# of the whole record into the block's body).
+DOC_BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "benchmarks": ("benchmarks.json", render_markdown_from_record),
+}
+
+__all__ = ["DOC_BLOCKS", "render_markdown_from_record"]

@@ -1,0 +1,118 @@
+"""Metric, window and label names of the benchmark results, defined once.
+
+The sections write their numbers under these names and the renderer reads them back through the
+same functions, so a name cannot drift between the writer and the docs."""
+
+from __future__ import annotations
+
+# Latency contenders, in table order; every ratio is "<variant>_over_eager_plain".
+VARIANTS = ("multibranch", "eager_plain", "eager_plain_cl", "compile_plain", "onnxruntime")
+VARIANT_LABELS = {
+    "multibranch": "multi-branch (eager)",
+    "eager_plain": "plain, eager NCHW",
+    "eager_plain_cl": "plain, eager channels_last",
+    "compile_plain": "plain, torch.compile",
+    "onnxruntime": "plain, ONNX Runtime",
+}
+BASELINE = "eager_plain"
+CONVERTERS = ("ours", "timm")
+MATMUL_LIBRARIES = ("torch", "onnxruntime")
+
+RUN = "run"  # the window over the whole run
+PEAK_GFLOPS = "peak/matmul_fp32_gflops"
+PEAK_N = "peak/matmul_n"
+PEAK_LIBRARY = "peak/matmul_library"  # a label
+GPU_PREFIX = "gpu/"
+GPU_WINDOW = "gpu"
+
+
+def convert_window(model: str) -> str:
+    """Window (and prefix) of one model's conversion benchmark."""
+    return f"convert/{model}"
+
+
+def convert_key(model: str, stat: str) -> str:
+    """A conversion metric: ours_s, timm_s, ratio_vs_timm, ours_cpu_s, kernel_rel_diff, ..."""
+    return f"{convert_window(model)}/{stat}"
+
+
+def gmacs_key(model: str, form: str) -> str:
+    """Giga multiply-accumulates per image of `form` ("plain" or "multibranch")."""
+    return f"latency/{model}/{form}_gmacs"
+
+
+def latency_window(model: str, batch: int) -> str:
+    """Window, details entry and prefix of one model at one batch size."""
+    return f"latency/{model}/b{batch}"
+
+
+def batch_key(model: str, batch: int, name: str) -> str:
+    """A per-batch entry: compile_s, max_rel_diff, fastest, fastest_gflops, fastest_over_peak."""
+    return f"{latency_window(model, batch)}/{name}"
+
+
+def compile_window(model: str, batch: int) -> str:
+    """Window over torch.compile's first call."""
+    return batch_key(model, batch, "compile")
+
+
+def compile_error_key(model: str, batch: int) -> str:
+    """Where a failed torch.compile is recorded among the errors."""
+    return batch_key(model, batch, "compile_plain")
+
+
+def latency_key(model: str, batch: int, runtime: str, unit: str = "ms") -> str:
+    """A runtime's latency metric: unit "ms" (median), "min_ms" or "gflops"."""
+    return batch_key(model, batch, f"{runtime}_{unit}")
+
+
+def ratio_key(model: str, batch: int, runtime: str) -> str:
+    """Paired median ratio of a runtime's time to the baseline's."""
+    return batch_key(model, batch, f"{runtime}_over_{BASELINE}")
+
+
+def matmul_key(library: str, n: int) -> str:
+    """GFLOP/s of one library's n x n fp32 matmul."""
+    return f"peak/matmul_fp32/{library}_n{n}_gflops"
+
+
+def matmul_window(n: int) -> str:
+    """Window over the n x n matmul measurement."""
+    return f"peak/matmul_fp32/n{n}"
+
+
+def train_window(tiny: bool = False) -> str:
+    """Window and details entry of the loop comparison (`tiny`: on the one-layer net)."""
+    return "train/tiny" if tiny else "train"
+
+
+def train_key(name: str, tiny: bool = False) -> str:
+    """A training-overhead metric: bare_step_ms, lightning_overhead, ..."""
+    return f"{train_window(tiny)}/{name}"
+
+
+def gpu_peak_key(dtype: str) -> str:
+    """The GPU's matmul TFLOP/s in `dtype`."""
+    return f"{GPU_PREFIX}peak/matmul_{dtype}_tflops"
+
+
+def gpu_train_key(model: str, mode: str) -> str:
+    """Training images/s in `mode` ("fp32" or "bf16_cl")."""
+    return f"{GPU_PREFIX}train/{model}/{mode}_images_per_s"
+
+
+def gpu_infer_key(model: str, dtype: str, stat: str) -> str:
+    """Plain-net inference metric in `dtype`: images_per_s, tflops or over_peak."""
+    return f"{GPU_PREFIX}infer/{model}/plain_{dtype}_{stat}"
+
+
+# (description, metric, limit): the metric must be <= limit.
+TARGETS = (
+    ("conversion of repvgg_b3, ours / timm", convert_key("repvgg_b3", "ratio_vs_timm"), 0.5),
+    (
+        "plain repvgg_a0 at batch 1, ONNX Runtime / PyTorch eager",
+        ratio_key("repvgg_a0", 1, "onnxruntime"),
+        0.7,
+    ),
+    ("Lightning loop / bare loop, time per step", train_key("lightning_overhead"), 1.05),
+)
