@@ -43,7 +43,7 @@ def test_every_registered_block_is_quoted_and_every_required_study_is_on_file() 
 @pytest.mark.parametrize("key", sorted(doc_blocks()))
 def test_results_files_record_command_date_and_machine(key: str) -> None:
     record = read_results(ROOT / RESULTS_DIR / doc_blocks()[key][0])
-    assert record["command"].startswith("python ")
+    assert ".py" in record["command"]  # the script that measured it
     assert record["date"][:2] == "20"
     assert record["machine"]["cpu"] and record["machine"]["torch"]
 

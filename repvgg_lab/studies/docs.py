@@ -40,7 +40,10 @@ def render_block(root: Path, key: str) -> str:
     if key not in blocks:
         raise KeyError(f"unknown generated block {key!r}; known: {', '.join(sorted(blocks))}")
     name, render = blocks[key]
-    return render(read_results(root / RESULTS_DIR / name)).strip("\n")
+    path = root / RESULTS_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results file for the docs' {key!r} block")
+    return render(read_results(path)).strip("\n")
 
 
 def render_docs(root: Path, write: bool = True) -> list[Path]:
