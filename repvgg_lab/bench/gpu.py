@@ -42,11 +42,13 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, rounds:
 
 
 def _train_step_fn(
-    name: str, s: Settings, device: torch.device, bf16_cl: bool
+    name: str, s: Settings, device: torch.device, bf16_cl: bool, compiled: bool = False
 ) -> Callable[[], None]:
-    """A function running `gpu_steps` SGD steps on synthetic images, synchronized at the end."""
+    """A function running `gpu_steps` SGD steps on synthetic images, synchronized at the end;
+    `compiled`: the net under torch.compile (s.compile_backend), as `compile=true` trains."""
     torch.manual_seed(0)
     net = create_model(name).to(device).train()
+    forward = torch.compile(net, backend=s.compile_backend) if compiled else net
     x = torch.randn(s.gpu_train_batch, 3, s.gpu_size, s.gpu_size, device=device)
     y = torch.randint(0, 1000, (s.gpu_train_batch,), device=device)
     if bf16_cl:
@@ -61,7 +63,7 @@ def _train_step_fn(
         """`gpu_steps` optimizer steps, synchronized at the end."""
         for _ in range(s.gpu_steps):
             with autocast():
-                loss = F.cross_entropy(net(x), y)
+                loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -108,7 +110,10 @@ def _bench_gpu_model(
         "fp32": _train_step_fn(model, s, device, bf16_cl=False),
         "bf16_cl": _train_step_fn(model, s, device, bf16_cl=True),
     }
-    r = measure_latency(fns, rounds=s.gpu_rounds, warmup=1)
+    if s.compile_backend and s.gpu_compile:
+        fns["bf16_cl_compiled"] = _train_step_fn(model, s, device, bf16_cl=True, compiled=True)
+    # Two warm-up rounds: the compiled form compiles in its first call.
+    r = measure_latency(fns, rounds=s.gpu_rounds, warmup=2)
     for mode, res in r.items():
         images = s.gpu_train_batch * s.gpu_steps
         m[k.gpu_train_key(model, mode)] = images / res["median_ms"] * 1e3

@@ -97,8 +97,13 @@ def gpu_peak_key(dtype: str) -> str:
 
 
 def gpu_train_key(model: str, mode: str) -> str:
-    """Training images/s in `mode` ("fp32" or "bf16_cl")."""
+    """Training images/s in `mode` ("fp32", "bf16_cl" or "bf16_cl_compiled")."""
     return f"{GPU_PREFIX}train/{model}/{mode}_images_per_s"
+
+
+def tf32_key(model: str, stat: str) -> str:
+    """The GPU check's conversion drift of `model` with TF32 off / on (`stat`)."""
+    return f"{GPU_PREFIX}tf32/{model}/{stat}"
 
 
 def gpu_infer_key(model: str, dtype: str, stat: str) -> str:

@@ -38,6 +38,7 @@ class Settings:
     gpu_steps: int = 20
     gpu_rounds: int = 5
     gpu_matmul_size: int = 8192
+    gpu_compile: bool = False  # also time training under torch.compile (the GPU check does)
 
 
 PROFILES = {
