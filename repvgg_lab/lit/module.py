@@ -38,6 +38,7 @@ class ClassifierModule(pl.LightningModule):
     The hyper-parameters (model name, classes, channels, input size, options) make a checkpoint
     self-describing: `deploy.py` rebuilds the architecture from them. `metric_prefix` ("" for the
     multi-branch net, "finetune" for a plain net being fine-tuned) namespaces the metrics.
+    `compile_backend` (e.g. "inductor") trains through `torch.compile` of the net.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class ClassifierModule(pl.LightningModule):
         cutmix: float = 0.0,
         sparsity: float = 0.0,
         channels_last: bool = False,
+        compile_backend: str | None = None,
         metric_prefix: str = "",
         net: nn.Module | None = None,
         teacher: nn.Module | None = None,
@@ -87,6 +89,11 @@ class ClassifierModule(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
             for t in self._teacher:
                 t.to(memory_format=torch.channels_last)
+        # The compiled forward shares the net's parameters; kept out of the module tree so that
+        # checkpoints, conversion and the optimizer see the net's own names.
+        self._compiled = (
+            [torch.compile(self.net, backend=compile_backend)] if compile_backend else []
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.mixup_fn = self._make_mixup(mixup, cutmix, label_smoothing, num_classes)
@@ -115,7 +122,7 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return (self._compiled[0] if self._compiled else self.net)(x)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch

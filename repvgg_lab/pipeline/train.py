@@ -71,6 +71,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         scheduler=instantiate(cfg.scheduler),
         init=instantiate(cfg.init),
         channels_last=channels_last,
+        compile_backend=cfg.compile_backend if cfg.get("compile") else None,
     )
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))

@@ -70,6 +70,16 @@ def test_the_run_ends_with_its_own_summary(compose_train, tmp_path: Path, capsys
     assert summary[-1] == f"  next: python deploy.py ckpt={tmp_path}/checkpoints/last.ckpt"
 
 
+def test_compiled_training_trains_the_same_net_and_converts_it(compose_train, tmp_path) -> None:
+    # The eager backend traces through dynamo like inductor but skips code generation (seconds).
+    cfg = compose_train(*SMALL, "logger=none", "compile=true", "compile_backend=eager")
+    metrics = train(cfg)
+    assert metrics["drift/top1_agree"] == 1.0 and metrics["drift/vs_fp64/deploy_rel_max"] < 1e-5
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert not any("_orig_mod" in key for key in ckpt.state_dict)  # the net's own names
+    assert ckpt.hyper_parameters["compile_backend"] == "eager"
+
+
 def test_resume_continues_from_the_saved_epoch(compose_train, tmp_path: Path) -> None:
     first = tmp_path / "first"
     # Without the best-by-val/acc checkpoint, last.ckpt must still be written every epoch.
