@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
-from repvgg_lab.models.blocks import BLOCK_TYPES, RepVGGBlock
+from repvgg_lab.models.blocks import BLOCK_TYPES
 
 BASE_WIDTHS = (64, 128, 256, 512)
 
