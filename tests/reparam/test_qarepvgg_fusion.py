@@ -1,5 +1,6 @@
 """QARepVGG fusion: the single conv equals BN(BN3(conv_kxk(x)) + conv_1x1(x) + x) for every
-grouping, stride, dtype and BN regime, it is the float64 result rounded once, and a gate folds in."""
+grouping, stride, dtype and BN regime, it is the float64 result rounded once, and a gate folds
+in."""
 
 from __future__ import annotations
 
