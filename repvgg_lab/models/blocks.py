@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -120,6 +119,7 @@ class RepVGGBlock(nn.Module):
         return self.in_channels == self.out_channels and self.stride == 1
 
     def _build_branches(self) -> None:
+        """Create the train-form branches: kxk conv + BN, 1x1 conv + BN, identity BN."""
         cin, cout, stride, groups = self.in_channels, self.out_channels, self.stride, self.groups
         self.conv_kxk = ConvBN(cin, cout, 3, stride, groups)
         self.conv_1x1 = ConvBN(cin, cout, 1, stride, groups)
@@ -130,16 +130,19 @@ class RepVGGBlock(nn.Module):
         y = self.conv_kxk(x) + self.conv_1x1(x)
         return y + self.identity(x) if self.identity is not None else y
 
-    def _kernel_bias(self, **options: Any) -> tuple[Tensor, Tensor]:
-        """The float64 fusion of the train-form branches and gate (`options`: dtype or out)."""
+    def _kernel_bias(
+        self, dtype: torch.dtype | None = None, out: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The float64 fusion of the train-form branches and gate, rounded once."""
         return repvgg_kernel_bias(
             self.conv_kxk.conv.weight,
             BNStats.of(self.conv_kxk.bn),
             self.conv_1x1.conv.weight,
             BNStats.of(self.conv_1x1.bn),
             BNStats.of(self.identity) if self.identity is not None else None,
+            dtype=dtype,
+            out=out,
             scale=self.gate,
-            **options,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -213,7 +216,9 @@ class RepVGGBlock(nn.Module):
 class QARepVGGBlock(RepVGGBlock):
     """QARepVGG (Chu et al., AAAI 2024): act(attn(BN(BN3(conv3x3(x)) + conv1x1(x) + x))) for
     training, the same deploy form as `RepVGGBlock`. Without BN on the 1x1 and identity
-    branches the fused kernel has no outlier centre taps, so it quantizes to int8 well.
+    branches (the paper's analysis) the branch sum's variance stays bounded and the fused kernel
+    gets no large centre taps from an identity BN's gamma / sqrt(var + eps), which is what
+    breaks per-tensor int8 ranges for RepVGG.
 
     The gate multiplies the *normalised* sum: before the BN, training-mode batch statistics
     would divide the gate's scale right back out and it could never switch a channel off."""
@@ -221,6 +226,7 @@ class QARepVGGBlock(RepVGGBlock):
     BRANCHES = ("conv_kxk", "conv_1x1", "identity", "bn")
 
     def _build_branches(self) -> None:
+        """Create the train-form branches: kxk conv + BN, plain 1x1 conv, identity, sum BN."""
         cin, cout, stride, groups = self.in_channels, self.out_channels, self.stride, self.groups
         self.conv_kxk = ConvBN(cin, cout, 3, stride, groups)
         self.conv_1x1 = nn.Conv2d(cin, cout, 1, stride=stride, groups=groups, bias=False)
@@ -228,18 +234,23 @@ class QARepVGGBlock(RepVGGBlock):
         self.bn = nn.BatchNorm2d(cout)
 
     def _branch_sum(self, x: Tensor) -> Tensor:
+        """Train-form output before gate, attn and act: the BN of the branch sum."""
         y = self.conv_kxk(x) + self.conv_1x1(x)
         return self.bn(y + x if self.identity is not None else y)
 
-    def _kernel_bias(self, **options: Any) -> tuple[Tensor, Tensor]:
+    def _kernel_bias(
+        self, dtype: torch.dtype | None = None, out: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The float64 fusion of the QA branches, the sum's BN and the gate, rounded once."""
         return qarepvgg_kernel_bias(
             self.conv_kxk.conv.weight,
             BNStats.of(self.conv_kxk.bn),
             self.conv_1x1.weight,
             BNStats.of(self.bn),
             identity=self.identity is not None,
+            dtype=dtype,
+            out=out,
             scale=self.gate,
-            **options,
         )
 
 
