@@ -1,6 +1,6 @@
 """Architectures, conversion, drift measurement and checkpoint I/O (imports torch and reparam)."""
 
-from repvgg_lab.models.blocks import RepVGGBlock
+from repvgg_lab.models.blocks import QARepVGGBlock, RepVGGBlock
 from repvgg_lab.models.checkpoints import (
     Checkpoint,
     load_pretrained,
@@ -16,6 +16,7 @@ __all__ = [
     "MODELS",
     "Checkpoint",
     "DriftReport",
+    "QARepVGGBlock",
     "RepVGG",
     "RepVGGBlock",
     "RepVGGConfig",

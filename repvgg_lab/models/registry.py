@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from repvgg_lab.errors import UnknownModelError
-from repvgg_lab.models.repvgg import REPVGG_VARIANTS
+from repvgg_lab.models.repvgg import QAREPVGG_VARIANTS, REPVGG_VARIANTS
 from repvgg_lab.models.rmnet import RMNET_VARIANTS
 
 
@@ -16,7 +16,7 @@ class ModelConfig(Protocol):
     def build(self, num_classes: int = 1000, deploy: bool = False, **kwargs: Any) -> nn.Module: ...
 
 
-MODELS: dict[str, ModelConfig] = {**REPVGG_VARIANTS, **RMNET_VARIANTS}
+MODELS: dict[str, ModelConfig] = {**REPVGG_VARIANTS, **QAREPVGG_VARIANTS, **RMNET_VARIANTS}
 
 
 def list_models() -> list[str]:

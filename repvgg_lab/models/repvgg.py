@@ -1,26 +1,33 @@
-"""The RepVGG family (Ding et al., CVPR 2021): architecture as data, one model class."""
+"""The RepVGG family (Ding et al., CVPR 2021) and its quantization-friendly QARepVGG twin (Chu et
+al., AAAI 2024): architecture as data, one model class."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
-from repvgg_lab.models.blocks import RepVGGBlock
+from repvgg_lab.models.blocks import BLOCK_TYPES
 
 BASE_WIDTHS = (64, 128, 256, 512)
 
 
 @dataclass(frozen=True)
 class RepVGGConfig:
-    """Stage depths, width multipliers (a, a, a, b), groups on odd blocks of each stage, SE, and
-    per-channel gates for sparsity training (see `RepVGGBlock`)."""
+    """Stage depths, width multipliers (a, a, a, b), groups on odd blocks of each stage, SE,
+    per-channel gates for sparsity training (see `RepVGGBlock`), and the block type: "repvgg" or
+    "qa" (`QARepVGGBlock`; same widths and the same deploy form)."""
 
     depths: tuple[int, int, int, int]
     widths: tuple[float, float, float, float]
     groups: int = 1
     se: bool = False
     gate: bool = False
+    block: str = "repvgg"
+
+    def __post_init__(self) -> None:
+        if self.block not in BLOCK_TYPES:
+            raise ValueError(f"unknown block {self.block!r}; known blocks: {sorted(BLOCK_TYPES)}")
 
     def build(self, num_classes: int = 1000, deploy: bool = False, in_channels: int = 3) -> RepVGG:
         return RepVGG(self, num_classes=num_classes, deploy=deploy, in_channels=in_channels)
@@ -51,7 +58,8 @@ class RepVGG(nn.Module):
         super().__init__()
         self.config = config
         stem_width = min(64, int(64 * config.widths[0]))
-        self.stem = RepVGGBlock(
+        block = BLOCK_TYPES[config.block]
+        self.stem = block(
             in_channels, stem_width, stride=2, se=config.se, deploy=deploy, gate=config.gate
         )
         stages, width = [], stem_width
@@ -62,7 +70,7 @@ class RepVGG(nn.Module):
                 # Grouped conv on every odd block of a stage (the paper's layers 2, 4, ..., 26).
                 groups = config.groups if i % 2 == 1 else 1
                 blocks.append(
-                    RepVGGBlock(
+                    block(
                         width,
                         out_width,
                         stride=2 if i == 0 else 1,
@@ -108,4 +116,12 @@ REPVGG_VARIANTS: dict[str, RepVGGConfig] = {
     "repvgg_b3g2": _b((3, 3, 3, 5), groups=2),
     "repvgg_b3g4": _b((3, 3, 3, 5), groups=4),
     "repvgg_d2se": RepVGGConfig(depths=(8, 14, 24, 1), widths=(2.5, 2.5, 2.5, 5), se=True),
+}
+
+# QARepVGG twins of the A/B family (D2se is left out: the paper defines no SE variant, and SE
+# nets cannot be channel-pruned; create_model("repvgg_d2se", block="qa") still builds one).
+QAREPVGG_VARIANTS: dict[str, RepVGGConfig] = {
+    f"qa{name}": replace(config, block="qa")
+    for name, config in REPVGG_VARIANTS.items()
+    if not config.se
 }

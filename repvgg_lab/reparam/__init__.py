@@ -10,7 +10,7 @@ from repvgg_lab.reparam.drift import (
     underflow_fraction,
 )
 from repvgg_lab.reparam.kernels import block_diagonal, identity_kernel, merge, pad_to, ungroup
-from repvgg_lab.reparam.repvgg import repvgg_kernel_bias
+from repvgg_lab.reparam.repvgg import qarepvgg_kernel_bias, repvgg_kernel_bias
 
 __all__ = [
     "FUSE_DTYPE",
@@ -22,6 +22,7 @@ __all__ = [
     "max_abs",
     "merge",
     "pad_to",
+    "qarepvgg_kernel_bias",
     "rel_max",
     "repvgg_kernel_bias",
     "tolerance",
