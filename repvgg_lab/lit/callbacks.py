@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from repvgg_lab.fileio import write_json
+from repvgg_lab.lit.ema import EMA
 from repvgg_lab.lit.evaluate import evaluate
 from repvgg_lab.models import measure_drift, reparameterize
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
@@ -53,7 +54,8 @@ def _drift_modes(names: tuple[str, ...] | list[str]) -> list[tuple[str, torch.dt
 class Reparameterize(pl.Callback):
     """At fit end (rank 0): convert the multi-branch net to its plain form, measure drift on a
     fixed validation batch against float64, evaluate the plain net on val and test
-    (`deploy/*`), and save its weights as `plain.safetensors` in `output_dir`.
+    (`deploy/*`), and save its weights as `plain.safetensors` in `output_dir`. With an `EMA`
+    callback on the trainer the averaged net is the one converted (`deploy/from_ema` = 1).
 
     `drift_dtypes` beyond the first are logged as `drift/<dtype>/...`; `tf32` there means float32
     with TF32 switched on (`drift/tf32/...`; every other check runs with TF32 off) and is skipped,
@@ -119,11 +121,14 @@ class Reparameterize(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        net = pl_module.net
+        ema = next((c for c in trainer.callbacks if isinstance(c, EMA) and c.net is not None), None)
+        # With an exponential moving average the average is what gets deployed.
+        net = ema.net if ema is not None else pl_module.net
         inputs = self._batch(trainer)
         metrics, plain = self._drift(net, inputs, "")
         metrics.update(
             {
+                "deploy/from_ema": float(ema is not None),
                 "params/train": count_params(net),
                 "params/deploy": count_params(plain),
                 "macs/deploy": count_macs(plain, inputs.shape[-1], inputs.shape[1]),

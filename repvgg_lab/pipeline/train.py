@@ -18,6 +18,7 @@ from repvgg_lab.deploy.report import prune_latency_metrics
 from repvgg_lab.errors import ConfigError
 from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.callbacks import Reparameterize, describe
+from repvgg_lab.lit.ema import EMA
 from repvgg_lab.lit.evaluate import evaluate
 from repvgg_lab.lit.module import ClassifierModule
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
@@ -56,6 +57,25 @@ def _check_sync_batchnorm(trainer_cfg: dict[str, Any]) -> None:
         )
 
 
+def _ema(cfg: DictConfig) -> list[pl.Callback]:
+    """The EMA callback when `ema.decay` is set; the best checkpoint then follows ema/val/acc."""
+    decay = cfg.get("ema", {}).get("decay")
+    if decay is None:
+        return []
+    if not isinstance(decay, float) or not 0.0 < decay < 1.0:
+        raise ConfigError(f"ema.decay must be a number in (0, 1), got {decay!r}")
+    return [EMA(decay=decay, warmup=bool(cfg.ema.get("warmup", True)))]
+
+
+def _monitor_ema(callbacks: list[Any]) -> None:
+    """Best-checkpoint callbacks that watch val/acc watch the EMA net's ema/val/acc instead."""
+    if any(isinstance(c, EMA) for c in callbacks):
+        for c in callbacks:
+            if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor == "val/acc":
+                c.monitor = "ema/val/acc"
+                log.info("EMA on: the best checkpoint is chosen by ema/val/acc")
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, LightningModule, callbacks, loggers and trainer from `cfg`."""
     datamodule = instantiate(cfg.data)
@@ -73,7 +93,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         channels_last=channels_last,
         compile_backend=cfg.compile_backend if cfg.get("compile") else None,
     )
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    callbacks = _instantiate_all(cfg.get("callbacks")) + _ema(cfg)
+    _monitor_ema(callbacks)
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     return {

@@ -80,6 +80,29 @@ def test_compiled_training_trains_the_same_net_and_converts_it(compose_train, tm
     assert ckpt.hyper_parameters["compile_backend"] == "eager"
 
 
+def test_ema_is_evaluated_checkpointed_and_is_the_converted_net(compose_train, tmp_path) -> None:
+    cfg = compose_train(*SMALL, "logger=none", "trainer.max_epochs=2", "ema.decay=0.9")
+    metrics = train(cfg)
+    for key in ("ema/val/acc", "ema/test/acc", "val/acc", "deploy/test/acc"):
+        assert key in metrics, key
+    assert metrics["deploy/from_ema"] == 1.0
+    raw = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    ema_state, state = raw["ema_state_dict"], raw["state_dict"]
+    key = "stem.conv_kxk.conv.weight"
+    assert not torch.equal(ema_state[key], state["net." + key])  # two different weight sets
+    # The exported plain net is exactly the conversion of the EMA weights.
+    ema_net = load_pretrained(create_model("repvgg_a0", num_classes=10), ema_state).eval()
+    plain = load_pretrained(
+        create_model("repvgg_a0", num_classes=10, deploy=True), tmp_path / "plain.safetensors"
+    ).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(plain(x), reparameterize(ema_net)(x))
+    best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    assert torch.load(best, weights_only=True)["callbacks"]  # chosen by a monitor
+    assert any("ema/val/acc" in str(k) for k in torch.load(best, weights_only=True)["callbacks"])
+
+
 def test_resume_continues_from_the_saved_epoch(compose_train, tmp_path: Path) -> None:
     first = tmp_path / "first"
     # Without the best-by-val/acc checkpoint, last.ckpt must still be written every epoch.
