@@ -31,6 +31,7 @@ from repvgg_lab.pipeline.prune import (
     pruning_requested,
 )
 from repvgg_lab.pipeline.summary import print_summary, train_summary
+from repvgg_lab.pipeline.tracking import publish_training_run
 from repvgg_lab.prune.channels import prune_net
 from repvgg_lab.utils import measure_latency
 
@@ -268,6 +269,8 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", metrics)
             log.info("metrics written to %s", output_dir / "metrics.json")
+            blocks = reparam.blocks if reparam is not None else {}
+            publish_training_run(parts["loggers"], output_dir, blocks)
     finally:
         _finish_loggers(parts["loggers"], metrics)
     return metrics

@@ -62,3 +62,20 @@ def summary(run_dir: Path) -> dict:
             for item in record.summary.update:
                 values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return values
+
+
+def artifacts(run_dir: Path) -> dict[str, tuple[str, list[str]]]:
+    """The run's artifacts: name -> (type, file names in its manifest)."""
+    found = {}
+    for record in finished_records(run_dir):
+        if record.WhichOneof("record_type") == "artifact":
+            a = record.artifact
+            found[a.name] = (a.type, [entry.path for entry in a.manifest.contents])
+    return found
+
+
+def table(run_dir: Path, key: str) -> dict:
+    """A logged W&B table (columns and data) read back from the run's files."""
+    files = sorted(run_dir.glob(f"files/media/table/{key}_*.table.json"))
+    assert files, f"no table {key!r} in {run_dir}"
+    return json.loads(files[-1].read_text())

@@ -12,7 +12,7 @@ from repvgg_lab.models import create_model, load_pretrained, read_checkpoint, re
 from repvgg_lab.pipeline.train import train
 from tests.helpers.cli import run_script
 from tests.helpers.contract import DRIFT_METRICS
-from tests.helpers.wandb_records import summary
+from tests.helpers.wandb_records import artifacts, summary, table
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -57,6 +57,20 @@ def test_train_writes_metrics_wandb_summary_and_plain_weights(
         assert torch.equal(plain(x), reparameterize(source)(x))
     blocks = json.loads((tmp_path / "drift_blocks.json").read_text())
     assert "stem" in blocks["drift"] and "stages.3.0" in blocks["drift"]
+    # W&B holds the files and the per-block drift, not only the scalars.
+    run_dir = next(tmp_path.glob("wandb/offline-run-*"))
+    logged = {kind: files for kind, files in artifacts(run_dir).values() if kind != "run_table"}
+    assert logged["model"] == ["plain.safetensors"]
+    assert sorted(
+        f for kind, files in artifacts(run_dir).values() if kind == "metrics" for f in files
+    ) == [
+        "drift_blocks.json",
+        "metrics.json",
+    ]
+    drift = table(run_dir, "drift/blocks")
+    assert drift["columns"][:2] == ["measurement", "block"]
+    rows = {(r[0], r[1]): r for r in drift["data"]}
+    assert rows[("drift", "stem")][3] == pytest.approx(blocks["drift"]["stem"]["deploy_rel_max"])
 
 
 def test_the_run_ends_with_its_own_summary(compose_train, tmp_path: Path, capsys) -> None:

@@ -1,0 +1,68 @@
+"""What a run puts in Weights & Biases beyond scalars: its files as artifacts, the per-block
+drift as a table, plots as images. Everything goes through Lightning's `WandbLogger` (offline by
+default, like the rest); without a W&B logger these functions do nothing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.loggers import WandbLogger
+
+log = logging.getLogger(__name__)
+
+DRIFT_COLUMNS = ("measurement", "block", "train_rel_max", "deploy_rel_max", "rel_max")
+
+
+def wandb_loggers(loggers: Iterable[Any]) -> list[WandbLogger]:
+    """The W&B loggers among `loggers`."""
+    return [logger for logger in loggers if isinstance(logger, WandbLogger)]
+
+
+def log_files(loggers: Iterable[Any], kind: str, paths: Iterable[Path]) -> None:
+    """Each existing file in `paths` as an artifact `<run id>-<file stem>` of type `kind`."""
+    for logger in wandb_loggers(loggers):
+        run = logger.experiment
+        for path in paths:
+            if path.is_file():
+                name = f"{run.id}-{path.stem.replace('.', '_')}"
+                run.log_artifact(str(path), name=name, type=kind)
+                log.info("W&B artifact %s (%s): %s", name, kind, path.name)
+
+
+def drift_rows(blocks: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[list[Any]]:
+    """`drift_blocks.json` content as table rows (one per measurement and block)."""
+    return [
+        [prefix, block, *(values.get(c) for c in DRIFT_COLUMNS[2:])]
+        for prefix, per_block in blocks.items()
+        for block, values in per_block.items()
+    ]
+
+
+def log_drift_table(loggers: Iterable[Any], blocks: Mapping[str, Any]) -> None:
+    """The per-block drift as the W&B table `drift/blocks`."""
+    rows = drift_rows(blocks)
+    for logger in wandb_loggers(loggers):
+        if rows:
+            logger.log_table("drift/blocks", columns=list(DRIFT_COLUMNS), data=rows)
+
+
+def log_images(loggers: Iterable[Any], key: str, paths: Iterable[Path]) -> None:
+    """Plots (PNG files) as W&B images under `key`."""
+    images = [str(p) for p in paths if p.is_file()]
+    for logger in wandb_loggers(loggers):
+        if images:
+            logger.log_image(key, images=images)
+
+
+def publish_training_run(
+    loggers: Iterable[Any], output_dir: Path, blocks: Mapping[str, Any]
+) -> None:
+    """A finished `train.py` run: its weights and metrics as artifacts, the drift table."""
+    loggers = list(loggers)
+    weights = ("plain.safetensors", "pruned.safetensors", "plain_finetuned.safetensors")
+    log_files(loggers, "model", [output_dir / name for name in weights])
+    log_files(loggers, "metrics", [output_dir / "metrics.json", output_dir / "drift_blocks.json"])
+    log_drift_table(loggers, blocks)
