@@ -6,7 +6,7 @@ import torch
 
 from repvgg_lab.errors import InputError
 from repvgg_lab.prune.calibrate import recalibrate
-from repvgg_lab.prune.channels import prune_net, prune_plain
+from repvgg_lab.prune import prune_net, prune_plain
 from tests.helpers.prune_nets import build_net, features, rel
 
 
