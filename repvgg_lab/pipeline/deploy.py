@@ -19,7 +19,7 @@ from repvgg_lab.pipeline.prune import prune_options
 log = logging.getLogger(__name__)
 
 
-def _values(cfg: DictConfig) -> dict[str, Any]:
+def config_values(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain Python values; a missing mandatory value is a one-line error."""
     try:
         values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -67,7 +67,7 @@ def deploy_options(c: dict[str, Any]) -> DeployOptions:
 def deploy(cfg: DictConfig) -> dict[str, Any]:
     """Run the deploy described by `cfg`, print its report table and return its metrics."""
     with user_errors():
-        values = _values(cfg)
+        values = config_values(cfg)
         report = run.deploy(values["ckpt"], deploy_options(values))
     Console().print(render(report))
     return report["metrics"]

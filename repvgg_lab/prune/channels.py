@@ -220,3 +220,13 @@ def prune_summary(
         "prune/macs_before": count_macs(before, input_size, in_channels),
         "prune/macs_after": count_macs(after, input_size, in_channels),
     }
+
+
+def __getattr__(name: str) -> Any:
+    """`from repvgg_lab.prune.channels import prune_net` (its home before prune/measure.py)
+    keeps working; new code imports it from `repvgg_lab.prune`."""
+    if name == "prune_net":
+        from repvgg_lab.prune.measure import prune_net
+
+        return prune_net
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

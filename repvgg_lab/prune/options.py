@@ -76,11 +76,6 @@ class PruneOptions:
         """(name, value) of the criterion in use: "threshold", "ratio" or "macs_reduction"."""
         return next((k, getattr(self, k)) for k in CRITERIA if getattr(self, k) is not None)
 
-    @property
-    def exact_only(self) -> bool:
-        """True for threshold 0: only channels whose removal changes nothing go."""
-        return self.threshold == 0.0
-
     def as_dict(self) -> dict[str, Any]:
         """The options as plain values (report.json's `settings.prune`)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -88,8 +83,8 @@ class PruneOptions:
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any] | None) -> PruneOptions | None:
         """The options of a config's `prune` node; None when it asks for no pruning (not
-        `enabled` and no criterion set). Null values take the defaults; unknown keys are
-        refused, so a typo is not silently ignored."""
+        `enabled` and no criterion set). Null values take the defaults; unknown keys and bad
+        values are refused either way."""
         if not node:
             return None
         known = {f.name for f in fields(cls)}
@@ -97,6 +92,8 @@ class PruneOptions:
         if unknown:
             allowed = ", ".join(sorted(known | set(NODE_ONLY)))
             raise PruningError(f"unknown option prune.{unknown[0]}; the prune node has {allowed}")
+        # Checked even when pruning is off: a bad value should not wait until it is switched on.
+        options = cls(**{k: v for k, v in node.items() if k in known and v is not None})
         if not node.get("enabled") and all(node.get(k) is None for k in CRITERIA):
             return None
-        return cls(**{k: v for k, v in node.items() if k in known and v is not None})
+        return options

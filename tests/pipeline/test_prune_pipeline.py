@@ -259,3 +259,34 @@ def test_deploy_calibration_without_images_is_refused(trained, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "verify.data" in err[0]
     assert not out.exists()
+
+
+def test_train_and_deploy_prune_alike(trained, tmp_path) -> None:
+    """deploy.py given the training run's prune node, its unpruned plain net and the same
+    calibration images (verify.batch = data.batch_size) exports train.py's pruned net: both
+    prune through prune_and_measure."""
+    run, _, cfg = trained
+    node = OmegaConf.to_container(cfg.prune)
+    prune = [
+        f"prune.{k}={'null' if v is None else str(v).lower()}"
+        for k, v in node.items()
+        if k not in ("sparsity", "latency_rounds")
+    ]
+    out = tmp_path / "out"
+    overrides = [
+        f"ckpt={run / 'plain.safetensors'}",
+        f"out_dir={out}",
+        "latency.batch_sizes=[]",
+        f"verify.batch={cfg.data.batch_size}",
+        "verify.data=digits",
+        "verify.size=8",
+        *prune,
+    ]
+    m = deploy(compose_config(CONFIGS / "deploy", "deploy", overrides))
+    assert m["prune/recalibrated"] == 1.0 and m["prune/exact"] == 0.0
+    exported = load_source(out / "model.safetensors").plain
+    trained_pruned = load_source(run / "pruned.safetensors").plain
+    assert exported.spec() == trained_pruned.spec()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(exported(x), trained_pruned(x))
