@@ -45,6 +45,7 @@ class DeployOptions:
     prune: PruneOptions | None = None
 
     def __post_init__(self) -> None:
+        """Check every option once; normalise `out_dir` to a Path, `batch_sizes` to a tuple."""
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         if not is_integer(self.opset) or self.opset not in OPSETS:
             raise DeployError(

@@ -66,6 +66,7 @@ class Loaded:
 
     @property
     def input_size(self) -> int:
+        """H = W of every check, count and timing."""
         return self.src.input_size or DEFAULT_INPUT_SIZE
 
     @property
@@ -98,10 +99,12 @@ class Verified:
 
     @property
     def images(self) -> tuple[Tensor, Tensor] | None:
+        """Real validation images and labels to check the exports on (None: no verify.data)."""
         return self.real.get("val")
 
     @property
     def calibration(self) -> Tensor | None:
+        """Real training images that recalibrate lossy pruning (None: none asked for)."""
         return self.real["train"][0] if "train" in self.real else None
 
 

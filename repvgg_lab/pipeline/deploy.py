@@ -39,6 +39,7 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _default_out_dir() -> str:
+    """The Hydra run folder when deploy.py runs under Hydra, else the current folder."""
     return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
 
 

@@ -40,6 +40,7 @@ class PruneOptions:
     latency_rounds: int = 0
 
     def __post_init__(self) -> None:
+        """Check every option once; the criterion becomes a float (threshold 0 if none)."""
         chosen = [k for k in CRITERIA if getattr(self, k) is not None]
         if len(chosen) > 1:
             names = " and ".join(f"prune.{k}" for k in chosen)
