@@ -74,7 +74,7 @@ class DeployOptions:
         ):
             raise DeployError(f"tolerance must be a positive number, got {tol!r}")
         sizes = self.batch_sizes
-        if isinstance(sizes, str | bytes) or not all(is_integer(b) and b >= 1 for b in sizes):
+        if not isinstance(sizes, list | tuple) or not all(is_integer(b) and b >= 1 for b in sizes):
             raise DeployError(f"latency.batch_sizes must be positive integers, got {sizes!r}")
         object.__setattr__(self, "batch_sizes", tuple(sizes))
 

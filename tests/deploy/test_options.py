@@ -29,6 +29,7 @@ BAD = {
     "opset": ({"opset": 10}, "export.opset must be an integer from 11 to 20, got 10"),
     "batch sizes": ({"batch_sizes": [1, 0]}, "latency.batch_sizes must be positive integers"),
     "batch sizes text": ({"batch_sizes": "8"}, "latency.batch_sizes must be positive integers"),
+    "batch sizes int": ({"batch_sizes": 8}, "latency.batch_sizes must be positive integers"),
     "verify data": ({"verify_data": "cifar"}, "unknown verify.data='cifar'"),
     "imagenet root": ({"verify_data": "imagenet"}, "verify.data=imagenet needs verify.root"),
     "calibration without images": (
