@@ -42,7 +42,7 @@ def _over(checks: dict[str, float], tolerance: float) -> dict[str, float]:
     return {k: v for k, v in checks.items() if not v <= tolerance}
 
 
-def gate(checks: dict[str, float], tolerance: float, hint: str = "") -> None:
+def _gate(checks: dict[str, float], tolerance: float, hint: str = "") -> None:
     """Refuse (DeployError) when any relative error against the float64 truth is over tolerance."""
     over = _over(checks, tolerance)
     if over:
@@ -60,14 +60,10 @@ def gate(checks: dict[str, float], tolerance: float, hint: str = "") -> None:
 class Loaded:
     """The checkpoint's nets, with the input size and tolerance every later check uses."""
 
-    src: Source  # its input_size is the size the exports are checked at (saved with them)
+    src: Source  # its input_size is `input_size`, saved with the weights
+    input_size: int  # H = W of every check, count and timing
     tolerance: float
     dtype: torch.dtype
-
-    @property
-    def input_size(self) -> int:
-        """H = W of every check, count and timing."""
-        return self.src.input_size or DEFAULT_INPUT_SIZE
 
     @property
     def reference(self) -> nn.Module:
@@ -81,7 +77,7 @@ def load(ckpt: str | Path, options: DeployOptions) -> Loaded:
     size = options.input_size or src.input_size or DEFAULT_INPUT_SIZE
     dtype = next(src.plain.parameters()).dtype
     tol = float(options.tolerance) if options.tolerance is not None else default_tolerance(dtype)
-    return Loaded(dataclasses.replace(src, input_size=size), tol, dtype)
+    return Loaded(dataclasses.replace(src, input_size=size), size, tol, dtype)
 
 
 # ----------------------------------------------------------------------------- 2. verify
@@ -121,7 +117,7 @@ def verify(loaded: Loaded, options: DeployOptions) -> Verified:
         if drift.underflow
         else ""
     )
-    gate({"plain net": drift.deploy_rel_max}, loaded.tolerance, hint)
+    _gate({"plain net": drift.deploy_rel_max}, loaded.tolerance, hint)
     sizes = {"val": options.verify_size} if options.verify_data else {}
     if options.calibration_images:
         # Calibration on training images: the validation images verify the result, unseen.
@@ -174,7 +170,7 @@ def prune(loaded: Loaded, verified: Verified, options: DeployOptions) -> Pruned:
     metrics["prune/rel_max"] = rel_max(verified.truth, y)
     metrics["prune/top1_agree"] = top1_agree(verified.truth, y)
     if result.exact:
-        gate({"exactly pruned net": metrics["prune/rel_max"]}, loaded.tolerance, verified.hint)
+        _gate({"exactly pruned net": metrics["prune/rel_max"]}, loaded.tolerance, verified.hint)
     log.info("pruned: max|err|/max|ref| vs float64 of the source %.3g", metrics["prune/rel_max"])
     truth = verified.truth if result.exact else run_torch(net, verified.x, torch.float64)
     pruned_src = dataclasses.replace(src, plain=net)
@@ -217,7 +213,7 @@ def stage(
     size = x.shape[-1]
     other = (3, src.in_channels, size + 16, size + 8)
     metrics = check_onnx(runner, src.plain, x, truth, tolerance, other_shape=other)
-    gate({"ONNX model": metrics["onnx/vs_fp64/rel_max"]}, tolerance, verified.hint)
+    _gate({"ONNX model": metrics["onnx/vs_fp64/rel_max"]}, tolerance, verified.hint)
     export_program(src.plain, staging / FILES["program"], x[:2])
     save_plain(src, staging / FILES["weights"])
     y_plain = run_torch(src.plain, x)
@@ -234,7 +230,8 @@ def stage(
 class Measured:
     """Costs, real-image agreement and latency of the exported net beside the others."""
 
-    metrics: dict[str, Any]
+    costs: dict[str, int | None]  # params/* and macs/* of the source and the export
+    metrics: dict[str, float]  # verify/* on real images, latency/*
     latency: dict[str, Any]  # every round's times per batch size (report.json: the noise)
 
 
@@ -296,21 +293,18 @@ def measure(
     loaded: Loaded, verified: Verified, pruned: Pruned, staged: Staged, options: DeployOptions
 ) -> Measured:
     """Costs of the exported net, its agreement on real images, and latency."""
-    metrics: dict[str, Any] = dict(_costs(pruned.src, loaded.input_size))
+    metrics: dict[str, float] = {}
     if verified.images is not None:
         metrics.update(_real_images(pruned, staged.runner, verified.images))
     timing, latency = _latency(pruned, staged.runner, loaded.input_size, options)
     metrics.update(timing)
-    return Measured(metrics, latency)
+    return Measured(_costs(pruned.src, loaded.input_size), metrics, latency)
 
 
 def metrics_of(verified: Verified, pruned: Pruned, staged: Staged, measured: Measured) -> dict:
     """metrics.json: drift, ONNX checks, costs, pruning, real images and latency, in that order."""
     has_source = pruned.src.source is not None
     metrics: dict[str, Any] = dict(drift_metrics(verified.drift, has_source))
-    metrics.update(staged.metrics)
-    costs = {k: v for k, v in measured.metrics.items() if k.startswith(("params/", "macs/"))}
-    metrics.update(costs)
-    metrics.update(pruned.metrics)
-    metrics.update({k: v for k, v in measured.metrics.items() if k not in costs})
+    for part in (staged.metrics, measured.costs, pruned.metrics, measured.metrics):
+        metrics.update(part)
     return metrics

@@ -65,9 +65,10 @@ def test_steps_do_not_change_their_inputs(ckpt, tmp_path, pruning) -> None:
     )
     assert _same(pruned.src.plain, pruned_state) and _same(src.plain, plain)
     assert torch.equal(verified.x, x) and torch.equal(verified.truth, truth)
-    assert measured.metrics["macs/deploy"] == pruned.metrics.get(
-        "prune/macs_after", measured.metrics["macs/deploy"]
+    assert measured.costs["macs/deploy"] == pruned.metrics.get(
+        "prune/macs_after", measured.costs["macs/deploy"]
     )
+    assert measured.metrics["latency/bs1/deploy_ms"] > 0
 
     report = assemble(ckpt, options, loaded, verified, pruned, staged, measured)
     assert ("prune" in report) == (pruning is not None)
