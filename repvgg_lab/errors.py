@@ -34,3 +34,33 @@ class DeployError(InputError):
 
 class ConversionError(InputError):
     """A model whose structure an exact conversion does not cover; the message says where."""
+
+
+# Option checks shared by the option objects (PruneOptions, DeployOptions): each raises `error`
+# with a one-line message that names the option as the user types it.
+
+
+def is_integer(value: object) -> bool:
+    """True for a real int (bool is an int subclass, but `True` is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_integer(error: type[InputError], name: str, value: object, low: int) -> int:
+    """`value` if it is an integer >= `low`; else `error` naming `name`."""
+    if not is_integer(value) or value < low:  # type: ignore[operator]
+        raise error(f"{name} must be an integer >= {low}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_number(error: type[InputError], name: str, value: object) -> float:
+    """`value` as a float if it is a real, non-NaN number; else `error` naming `name`."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        raise error(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_choice(error: type[InputError], name: str, value: object, allowed: tuple) -> None:
+    """Refuse a `value` that is not one of `allowed`."""
+    if value not in allowed:
+        choices = ", ".join(str(a) for a in allowed)
+        raise error(f"{name} must be one of {choices}, got {value!r}")

@@ -9,7 +9,6 @@ from rich.table import Table
 
 from repvgg_lab.models import DriftReport
 from repvgg_lab.models.drift import METRIC_NAMES
-from repvgg_lab.utils import paired_ratio
 
 DRIFT_KEYS = tuple(f"drift/{name}" for name in METRIC_NAMES)
 # Drift metrics that compare against the multi-branch net; undefined for a plain checkpoint.
@@ -17,6 +16,13 @@ _SOURCE_ONLY = {
     k for k in DRIFT_KEYS if k != "drift/vs_fp64/deploy_rel_max" and "underflow" not in k
 }
 LATENCY_COLUMNS = ("train", "unpruned", "deploy", "onnx")
+FILES = {
+    "onnx": "model.onnx",
+    "program": "model.pt2",
+    "weights": "model.safetensors",
+    "metrics": "metrics.json",
+    "report": "report.json",  # moved last: its presence means the export is complete
+}
 
 
 def drift_metrics(drift: DriftReport, has_source: bool) -> dict[str, float | None]:
@@ -30,19 +36,6 @@ def drift_metrics(drift: DriftReport, has_source: bool) -> dict[str, float | Non
 def latency_metrics(batch: int, results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """`latency/bs{batch}/{name}_ms` medians for one batch size."""
     return {f"latency/bs{batch}/{name}_ms": r["median_ms"] for name, r in results.items()}
-
-
-def prune_latency_metrics(
-    results: dict[str, dict[str, Any]], before: str, after: str
-) -> dict[str, float]:
-    """`prune/latency_{before,after}_ms` (medians) and `prune/speedup` (median per-round ratio)
-    from one interleaved measurement that timed the unpruned net as `before`, the pruned as
-    `after`."""
-    return {
-        "prune/latency_before_ms": results[before]["median_ms"],
-        "prune/latency_after_ms": results[after]["median_ms"],
-        "prune/speedup": paired_ratio(results, before, after),
-    }
 
 
 def _fmt(value: Any) -> str:

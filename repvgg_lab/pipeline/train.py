@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from repvgg_lab.deploy.report import prune_latency_metrics
 from repvgg_lab.errors import ConfigError
 from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.callbacks import Reparameterize, describe
@@ -23,17 +21,10 @@ from repvgg_lab.lit.evaluate import evaluate
 from repvgg_lab.lit.module import ClassifierModule
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
 from repvgg_lab.pipeline.common import user_errors
-from repvgg_lab.pipeline.prune import (
-    calibration_batches,
-    check_prune,
-    latency_rounds,
-    prune_options,
-    pruning_requested,
-)
+from repvgg_lab.pipeline.prune import prune_options
 from repvgg_lab.pipeline.summary import print_summary, train_summary
 from repvgg_lab.pipeline.tracking import publish_training_run
-from repvgg_lab.prune.channels import prune_net
-from repvgg_lab.utils import measure_latency
+from repvgg_lab.prune import PruneOptions, prune_and_measure
 
 log = logging.getLogger(__name__)
 
@@ -172,55 +163,28 @@ def _finetune(
     return metrics
 
 
-def _prune_latency(
-    before: torch.nn.Module, after: torch.nn.Module, shape: tuple[int, ...], rounds: int
-) -> dict[str, float]:
-    """Batch-1 CPU latency of the plain net before and after pruning (interleaved rounds, one
-    warm-up each: cheap, and as noisy as the machine is loaded)."""
-    nets = {
-        "before": copy.deepcopy(before).cpu().eval(),
-        "after": copy.deepcopy(after).cpu().eval(),
-    }
-    dtype = next(nets["before"].parameters()).dtype
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
-    with torch.inference_mode():
-        results = measure_latency({k: partial(net, x) for k, net in nets.items()}, rounds, 1)
-    return prune_latency_metrics(results, "before", "after")
-
-
 def _prune(
-    cfg: DictConfig, parts: dict[str, Any], plain: torch.nn.Module
+    options: PruneOptions, parts: dict[str, Any], plain: torch.nn.Module, output_dir: Path
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """Prune the plain net, time and evaluate it before fine-tuning, save it with its layout."""
     dm, module = parts["datamodule"], parts["module"]
-    options = prune_options(cfg.prune)
-    if n_batches := calibration_batches(cfg.prune):
+    calibration = None
+    if options.calibration_batches:
         # The same training images (eval transforms) every time: reruns prune alike.
-        images, _ = dm.fixed_batch("train", n_batches * dm.batch_size)
-        options["batches"] = images.split(dm.batch_size)
-    pruned, info = prune_net(plain, dm.img_size, **options)
-    metrics = {k: float(v) for k, v in info.items() if k.startswith("prune/")}
-    rounds = latency_rounds(cfg.prune)
-    if rounds:
-        shape = (1, module.hparams.in_channels, dm.img_size, dm.img_size)
-        metrics.update(_prune_latency(plain, pruned, shape, rounds))
+        images, _ = dm.fixed_batch("train", options.calibration_batches * dm.batch_size)
+        calibration = images.split(dm.batch_size)
+    result = prune_and_measure(plain, options, dm.img_size, calibration)
+    metrics = {k: float(v) for k, v in result.metrics.items()}
     for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
-        metrics[f"prune/{stage}/acc"] = evaluate(pruned, loader, module.device)["acc"]
+        metrics[f"prune/{stage}/acc"] = evaluate(result.net, loader, module.device)["acc"]
     _log(parts["loggers"], metrics)
     if parts["trainer"].is_global_zero:
         # plain_metadata stores the pruned layout (plain_spec): deploy.py and
         # repvgg_lab.deploy.load_source rebuild the net from this file alone.
-        meta = plain_metadata(pruned, **describe(module))
-        save_weights(pruned, Path(cfg.output_dir) / "pruned.safetensors", meta)
-    log.info(
-        "pruned: MACs %d -> %d, params %d -> %d, test acc %.4f before fine-tuning",
-        info["prune/macs_before"],
-        info["prune/macs_after"],
-        info["prune/params_before"],
-        info["prune/params_after"],
-        metrics["prune/test/acc"],
-    )
-    return pruned, metrics
+        meta = plain_metadata(result.net, **describe(module))
+        save_weights(result.net, output_dir / "pruned.safetensors", meta)
+    log.info("pruned: test acc %.4f before fine-tuning", metrics["prune/test/acc"])
+    return result.net, metrics
 
 
 def _log(loggers: list[Any], metrics: dict[str, float]) -> None:
@@ -246,7 +210,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         log.info("seed %d", cfg.seed)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    check_prune(cfg.get("prune"))  # a bad prune option fails now, not after training
+    pruning = prune_options(cfg.get("prune"))  # a bad prune option fails now, not after training
     _check_finetune(cfg.finetune)
     output_dir = Path(cfg.output_dir)
     parts = build(cfg)
@@ -261,8 +225,8 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         if reparam is not None and reparam.plain_net is not None:
             metrics.update(reparam.metrics)
             plain = unpruned = reparam.plain_net
-            if pruning_requested(cfg.get("prune")):
-                plain, prune_metrics = _prune(cfg, parts, plain)
+            if pruning is not None:
+                plain, prune_metrics = _prune(pruning, parts, plain, output_dir)
                 metrics.update(prune_metrics)
             if cfg.finetune.epochs > 0:
                 metrics.update(_finetune(cfg, parts, plain, unpruned))

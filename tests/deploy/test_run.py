@@ -142,7 +142,6 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, a0, out_dir, u
 
 
 def test_real_images_digits(tmp_path, clamp_net_file) -> None:
-    pytest.importorskip("repvgg_lab.data")
     _, path = clamp_net_file(tmp_path, in_channels=1)
     report = deploy(path, out_dir=tmp_path / "out", verify_data="digits", verify_size=40, **FAST)
     m = report["metrics"]
@@ -168,7 +167,6 @@ def _image_folder(root: Path) -> Path:
 
 @pytest.mark.slow  # builds an image folder and runs timm's transforms
 def test_real_images_imagenet_folder(tmp_path, clamp_net_file) -> None:
-    pytest.importorskip("repvgg_lab.data")
     _, path = clamp_net_file(tmp_path, in_channels=3)
     root = _image_folder(tmp_path / "images")
     report = deploy(
@@ -179,7 +177,6 @@ def test_real_images_imagenet_folder(tmp_path, clamp_net_file) -> None:
 
 
 def test_missing_imagenet_root_is_one_line(tmp_path, clamp_net_file, out_dir, unchanged):
-    pytest.importorskip("repvgg_lab.data")
     _, path = clamp_net_file(tmp_path, in_channels=3)
     with pytest.raises(DeployError, match="verify.data=imagenet.*nowhere"):
         deploy(path, out_dir=out_dir, verify_data="imagenet", verify_root="/nowhere", **FAST)

@@ -42,12 +42,11 @@ def test_lightning_checkpoint_names_its_architecture(tmp_path, make_net, save_li
 
 @pytest.mark.slow  # importing Lightning alone takes several seconds
 def test_real_lightning_module_checkpoint(tmp_path) -> None:
-    lit = pytest.importorskip("repvgg_lab.lit.module")
-    pl = pytest.importorskip("pytorch_lightning")
-    try:
-        module = lit.ClassifierModule("repvgg_a0", num_classes=10, in_channels=3, input_size=SIZE)
-    except KeyError as err:  # a bug of the module itself, not of the checkpoint reader
-        pytest.skip(f"ClassifierModule cannot be built here: {err}")
+    import pytorch_lightning as pl
+
+    from repvgg_lab.lit.module import ClassifierModule
+
+    module = ClassifierModule("repvgg_a0", num_classes=10, in_channels=3, input_size=SIZE)
     # What Trainer.save_checkpoint stores for the weights and hyper-parameters.
     ckpt = {
         "state_dict": module.state_dict(),
@@ -81,7 +80,8 @@ def test_official_deploy_form_is_already_plain(tmp_path, a0, to_official) -> Non
 
 
 def test_timm_weights_match_timm_outputs(tmp_path) -> None:
-    timm = pytest.importorskip("timm")
+    import timm
+
     from repvgg_lab.testing import randomize_bn
 
     oracle = randomize_bn(timm.create_model("repvgg_a0", num_classes=10), seed=3).eval()

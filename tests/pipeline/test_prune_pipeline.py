@@ -22,7 +22,7 @@ from repvgg_lab.models.plain import PlainNet
 from repvgg_lab.pipeline.deploy import deploy
 from repvgg_lab.pipeline.prune import prune_options
 from repvgg_lab.pipeline.train import train
-from repvgg_lab.prune.channels import prune_net
+from repvgg_lab.prune import PruneOptions, prune_and_measure
 from repvgg_lab.reparam import rel_max
 from repvgg_lab.testing import randomize_bn
 from repvgg_lab.utils import count_macs
@@ -99,7 +99,7 @@ def test_train_prunes_after_conversion_and_fine_tunes(trained) -> None:
     batch = cfg.data.batch_size
     images, _ = dm.fixed_batch("train", cfg.prune.calibration_batches * batch)
     plain = load_source(run / "plain.safetensors").plain
-    again, _ = prune_net(plain, 16, batches=images.split(batch), **prune_options(cfg.prune))
+    again = prune_and_measure(plain, prune_options(cfg.prune), 16, images.split(batch)).net
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(again.eval()(x), pruned(x))
@@ -238,9 +238,10 @@ def test_deploy_recalibrates_pruning_on_the_verification_images(trained, tmp_pat
     # (the validation images stay unseen for verify/acc).
     images, _ = real_batches("digits", None, 16, 3, {"train": 6})["train"]
     plain = load_source(run / "plain.safetensors").plain
-    expected, _ = prune_net(
-        plain, 16, macs_reduction=0.3, score="l2_next", normalize=True, batches=images.split(2)
+    options = PruneOptions(
+        macs_reduction=0.3, score="l2_next", normalize=True, calibration_batches=3
     )
+    expected = prune_and_measure(plain, options, 16, images.split(2)).net
     exported = load_source(out / "model.safetensors").plain
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -258,3 +259,34 @@ def test_deploy_calibration_without_images_is_refused(trained, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "verify.data" in err[0]
     assert not out.exists()
+
+
+def test_train_and_deploy_prune_alike(trained, tmp_path) -> None:
+    """deploy.py given the training run's prune node, its unpruned plain net and the same
+    calibration images (verify.batch = data.batch_size) exports train.py's pruned net: both
+    prune through prune_and_measure."""
+    run, _, cfg = trained
+    node = OmegaConf.to_container(cfg.prune)
+    prune = [
+        f"prune.{k}={'null' if v is None else str(v).lower()}"
+        for k, v in node.items()
+        if k not in ("sparsity", "latency_rounds")
+    ]
+    out = tmp_path / "out"
+    overrides = [
+        f"ckpt={run / 'plain.safetensors'}",
+        f"out_dir={out}",
+        "latency.batch_sizes=[]",
+        f"verify.batch={cfg.data.batch_size}",
+        "verify.data=digits",
+        "verify.size=8",
+        *prune,
+    ]
+    m = deploy(compose_config(CONFIGS / "deploy", "deploy", overrides))
+    assert m["prune/recalibrated"] == 1.0 and m["prune/exact"] == 0.0
+    exported = load_source(out / "model.safetensors").plain
+    trained_pruned = load_source(run / "pruned.safetensors").plain
+    assert exported.spec() == trained_pruned.spec()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(exported(x), trained_pruned(x))

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from repvgg_lab.errors import InputError
+from repvgg_lab.prune import prune_net, prune_plain
 from repvgg_lab.prune.calibrate import recalibrate
-from repvgg_lab.prune.channels import prune_net, prune_plain
 from tests.helpers.prune_nets import build_net, features, rel
 
 

@@ -16,7 +16,7 @@ from repvgg_lab.models import (
 )
 from repvgg_lab.models.plain import PlainNet
 from repvgg_lab.models.repvgg import RepVGGConfig
-from repvgg_lab.prune.channels import (
+from repvgg_lab.prune import (
     channel_scores,
     prune_plain,
     prune_summary,
@@ -251,7 +251,6 @@ def test_bad_options_and_models_get_clear_errors():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pruning_stays_on_the_model_device():
     net = build_net().double().cuda()
     pruned, summary = prune_plain(net, threshold=0.0)
