@@ -76,15 +76,7 @@ class ClassifierModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "init", "net", "teacher"])
         # Not a submodule: the teacher is neither trained, nor saved, nor counted.
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
-        self.net = (
-            net
-            if net is not None
-            else create_model(
-                model_name, num_classes=num_classes, in_channels=in_channels, **model_kwargs
-            )
-        )
-        if init is not None and net is None:
-            init(self.net)
+        self.net = net if net is not None else self._new_net(init)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
             for t in self._teacher:
@@ -105,6 +97,14 @@ class ClassifierModule(pl.LightningModule):
                 for stage in ("train", "val", "test")
             }
         )
+
+    def _new_net(self, init: Callable[[nn.Module], nn.Module] | None) -> nn.Module:
+        """The registry's net named by the hyper-parameters, through the init scheme if any."""
+        hp = self.hparams
+        net = create_model(
+            hp.model_name, num_classes=hp.num_classes, in_channels=hp.in_channels, **hp.model_kwargs
+        )
+        return init(net) if init is not None else net
 
     @staticmethod
     def _make_mixup(mixup: float, cutmix: float, smoothing: float, num_classes: int):
