@@ -79,7 +79,8 @@ def render(report: dict[str, Any]) -> Group:
     if pruned:
         caption += "; deploy: cost after pruning, error of the conversion before it"
     conversion = Table(
-        title=f"{src['model']} ({src['format']}, {src['num_classes']} classes)",
+        title=f"{src['model']} ({src['format']}, {src['num_classes']} classes"
+        + (", EMA weights)" if src.get("weights") == "ema" else ")"),
         caption=caption,
         header_style="bold",
     )

@@ -69,6 +69,7 @@ def _source(ckpt: str | Path, loaded: steps.Loaded) -> dict[str, Any]:
         "num_classes": src.num_classes,
         "in_channels": src.in_channels,
         "deploy_form": src.deploy_form,
+        "weights": src.weights,
     }
 
 

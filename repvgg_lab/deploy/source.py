@@ -45,14 +45,15 @@ class Source:
     in_channels: int
     format: str
     plain: nn.Module
-    source: nn.Module | None = None
+    trained: nn.Module | None = None  # the multi-branch net; None for a plain checkpoint
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int | None = None  # the resolution the file says the net was trained at
+    weights: str = "trained"  # "ema": the checkpoint's moving average of the weights
 
     @property
     def deploy_form(self) -> bool:
         """True when the checkpoint was already plain, so there is no multi-branch net to check."""
-        return self.source is None
+        return self.trained is None
 
     def metadata(self) -> dict[str, Any]:
         """What `load_source` needs to rebuild the plain net from its weights alone."""
@@ -97,11 +98,15 @@ def _positive(info: dict[str, Any], key: str, path: Path) -> int | None:
 
 
 def _net_only(ckpt: Checkpoint) -> Checkpoint:
-    """Keep the `net.` weights of a Lightning checkpoint that also stores other modules' tensors."""
-    if ckpt.source != "lightning" or not any(k.startswith("net.") for k in ckpt.state_dict):
+    """Keep the `net.` weights of a Lightning checkpoint that also stores other modules'
+    tensors; a checkpoint that kept an exponential moving average gives that instead (it is
+    what the run deployed)."""
+    if ckpt.ema_state_dict is not None:
+        return Checkpoint(ckpt.ema_state_dict, ckpt.hyper_parameters, ckpt.format)
+    if ckpt.format != "lightning" or not any(k.startswith("net.") for k in ckpt.state_dict):
         return ckpt
     state = {k[len("net.") :]: v for k, v in ckpt.state_dict.items() if k.startswith("net.")}
-    return Checkpoint(state, ckpt.hyper_parameters, ckpt.source)
+    return Checkpoint(state, ckpt.hyper_parameters, ckpt.format)
 
 
 def _model_name(
@@ -166,8 +171,10 @@ def load_source(path: str | Path, model: str | None = None) -> Source:
         get_config(model)  # fail on a typo before touching the file
     path = Path(path)
     _check_kind(path)
-    ckpt = _net_only(read_checkpoint(path))
-    info, fmt = ckpt.hyper_parameters, ckpt.source
+    raw = read_checkpoint(path)
+    ckpt = _net_only(raw)
+    weights = "ema" if raw.ema_state_dict is not None else "trained"
+    info, fmt = ckpt.hyper_parameters, ckpt.format
     kwargs = info.get("model_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise DeployError(f"{path}: model_kwargs must be a mapping, found {kwargs!r}")
@@ -185,7 +192,9 @@ def load_source(path: str | Path, model: str | None = None) -> Source:
         plain: nn.Module = PlainNet.from_spec(spec)
         _load(plain, ckpt, path, name)
         num_classes = _positive(info, "num_classes", path) or plain.head.fc.out_features
-        return Source(name, num_classes, in_channels, fmt, plain.eval(), None, kwargs, input_size)
+        return Source(
+            name, num_classes, in_channels, fmt, plain.eval(), None, kwargs, input_size, weights
+        )
 
     name = _model_name(info, model, path, fmt)
     num_classes = (
@@ -195,14 +204,15 @@ def load_source(path: str | Path, model: str | None = None) -> Source:
     )
     net = _build(name, num_classes, deploy, kwargs)
     _load(net, ckpt, path, name)
-    src = Source(name, num_classes, in_channels, fmt, net.eval(), None, kwargs, input_size)
+    src = Source(name, num_classes, in_channels, fmt, net.eval(), None, kwargs, input_size, weights)
     if not deploy:
-        src.source, src.plain = net, reparameterize(net).eval()
+        src.trained, src.plain = net, reparameterize(net).eval()
     log.info(
-        "%s: %s checkpoint (%s format), %d classes%s",
+        "%s: %s checkpoint (%s format, %s weights), %d classes%s",
         path,
         name,
         fmt,
+        "moving-average (EMA)" if weights == "ema" else "trained",
         num_classes,
         ", already plain" if src.deploy_form else "",
     )

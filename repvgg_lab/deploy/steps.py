@@ -68,7 +68,7 @@ class Loaded:
     @property
     def reference(self) -> nn.Module:
         """The net whose float64 evaluation is the truth: the source, else the plain net."""
-        return self.src.source if self.src.source is not None else self.src.plain
+        return self.src.trained if self.src.trained is not None else self.src.plain
 
 
 def load(ckpt: str | Path, options: DeployOptions) -> Loaded:
@@ -237,7 +237,7 @@ class Measured:
 
 def _costs(src: Source, input_size: int) -> dict[str, int | None]:
     """Parameters and MACs of the multi-branch source (None if there is none) and the export."""
-    size, train = (input_size, input_size), src.source
+    size, train = (input_size, input_size), src.trained
     return {
         "params/train": count_params(train) if train is not None else None,
         "params/deploy": count_params(src.plain),
@@ -249,7 +249,7 @@ def _costs(src: Source, input_size: int) -> dict[str, int | None]:
 def _nets(pruned: Pruned, runner: OnnxRunner) -> dict[str, Any]:
     """Every net to compare, as callables on a tensor, in the report's column order."""
     src = pruned.src
-    nets: dict[str, Any] = {"train": src.source, "unpruned": pruned.unpruned}
+    nets: dict[str, Any] = {"train": src.trained, "unpruned": pruned.unpruned}
     nets.update(deploy=src.plain, onnx=runner)
     return {k: v for k, v in nets.items() if v is not None}
 
@@ -262,7 +262,7 @@ def _real_images(pruned: Pruned, runner: OnnxRunner, images: tuple[Tensor, Tenso
     }
     # The float64 truth is the source, or the plain net as loaded when there is no source.
     src = pruned.src
-    reference = next(n for n in (src.source, pruned.unpruned, src.plain) if n is not None)
+    reference = next(n for n in (src.trained, pruned.unpruned, src.plain) if n is not None)
     truth = run_torch(reference, x, torch.float64)
     return check_real_images(outputs, truth, labels)
 
@@ -303,7 +303,7 @@ def measure(
 
 def metrics_of(verified: Verified, pruned: Pruned, staged: Staged, measured: Measured) -> dict:
     """metrics.json: drift, ONNX checks, costs, pruning, real images and latency, in that order."""
-    has_source = pruned.src.source is not None
+    has_source = pruned.src.trained is not None
     metrics: dict[str, Any] = dict(drift_metrics(verified.drift, has_source))
     for part in (staged.metrics, measured.costs, pruned.metrics, measured.metrics):
         metrics.update(part)

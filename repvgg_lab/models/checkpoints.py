@@ -51,7 +51,9 @@ class Checkpoint:
 
     state_dict: dict[str, Tensor]
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
-    source: str = "state_dict"
+    format: str = "state_dict"  # lightning, repvgg_lab, wrapped, official or state_dict
+    # The exponential moving average of the weights, when training kept one (`ema.decay`).
+    ema_state_dict: dict[str, Tensor] | None = None
 
     @property
     def model_name(self) -> str | None:
@@ -149,16 +151,17 @@ def read_checkpoint(path_or_state: str | Path | dict[str, Any]) -> Checkpoint:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{label}: expected a dict of tensors, found {type(obj).__name__}")
     hparams: dict[str, Any] = {}
-    source = "state_dict"
+    fmt = "state_dict"
+    ema = _tensors(obj.get("ema_state_dict"))
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         hparams = json_values(obj.get("hyper_parameters") or {})
-        source = "lightning" if "pytorch-lightning_version" in obj else "wrapped"
-        if hparams and source == "wrapped":
-            source = "repvgg_lab"
+        fmt = "lightning" if "pytorch-lightning_version" in obj else "wrapped"
+        if hparams and fmt == "wrapped":
+            fmt = "repvgg_lab"
         obj = obj["state_dict"]
     elif "model" in obj and isinstance(obj["model"], dict):
-        obj, source = obj["model"], "wrapped"
-    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+        obj, fmt = obj["model"], "wrapped"
+    state = _tensors(obj) or {}
     if not state:
         raise CheckpointError(f"{label}: no tensors found; this is not a model checkpoint")
     for prefix in _WRAPPER_PREFIXES:
@@ -166,8 +169,15 @@ def read_checkpoint(path_or_state: str | Path | dict[str, Any]) -> Checkpoint:
             state = {k[len(prefix) :]: v for k, v in state.items()}
     if any(k.startswith("stage0.") or ".rbr_" in k for k in state):
         state = {_rename(k, OFFICIAL_TO_OURS): v for k, v in state.items()}
-        source = "official"
-    return Checkpoint(state, hparams, source)
+        fmt = "official"
+    return Checkpoint(state, hparams, fmt, ema)
+
+
+def _tensors(obj: Any) -> dict[str, Tensor] | None:
+    """The tensor entries of a state dict (None when `obj` is not a dict or holds none)."""
+    if not isinstance(obj, dict):
+        return None
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)} or None
 
 
 def _rename(key: str, rules: list[tuple[str, Any]]) -> str:
@@ -235,5 +245,5 @@ def load_pretrained(model: nn.Module, path_or_state_dict: str | Path | dict[str,
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = expected[key]
     model.load_state_dict(state, strict=True)
-    log.info("loaded %d tensors (%s format)", len(ckpt.state_dict), ckpt.source)
+    log.info("loaded %d tensors (%s format)", len(ckpt.state_dict), ckpt.format)
     return model

@@ -36,7 +36,7 @@ def test_lightning_checkpoint_names_its_architecture(tmp_path, make_net, save_li
     assert (src.model_name, src.num_classes, src.in_channels) == ("repvgg_a0", 10, 1)
     assert src.format == "lightning" and not src.deploy_form and src.input_size == SIZE
     assert src.model_kwargs["se"] is True
-    assert _same(net, src.source, _x(1))
+    assert _same(net, src.trained, _x(1))
     assert _same(net, src.plain, _x(1), rel=1e-5)
 
 
@@ -56,7 +56,7 @@ def test_real_lightning_module_checkpoint(tmp_path) -> None:
     torch.save(ckpt, tmp_path / "real.ckpt")
     src = load_source(tmp_path / "real.ckpt")
     assert src.model_name == "repvgg_a0" and src.num_classes == 10
-    assert _same(module.net, src.source, _x())
+    assert _same(module.net, src.trained, _x())
 
 
 def test_official_train_form_needs_model_and_infers_classes(tmp_path, a0, to_official) -> None:
@@ -67,7 +67,7 @@ def test_official_train_form_needs_model_and_infers_classes(tmp_path, a0, to_off
         load_source(path)
     src = load_source(path, model="repvgg_a0")
     assert src.format == "official" and src.num_classes == 10
-    assert _same(a0, src.source, _x())
+    assert _same(a0, src.trained, _x())
 
 
 def test_official_deploy_form_is_already_plain(tmp_path, a0, to_official) -> None:
@@ -75,7 +75,7 @@ def test_official_deploy_form_is_already_plain(tmp_path, a0, to_official) -> Non
     path = tmp_path / "RepVGG-A0-deploy.pth"
     torch.save(to_official(plain.state_dict()), path)
     src = load_source(path, model="repvgg_a0")
-    assert src.deploy_form and src.source is None and src.num_classes == 10
+    assert src.deploy_form and src.trained is None and src.num_classes == 10
     assert _same(plain, src.plain, _x())
 
 
@@ -88,7 +88,7 @@ def test_timm_weights_match_timm_outputs(tmp_path) -> None:
     torch.save(oracle.state_dict(), tmp_path / "timm_a0.pth")
     src = load_source(tmp_path / "timm_a0.pth", model="repvgg_a0")
     assert src.num_classes == 10
-    assert _same(oracle, src.source, _x(), rel=1e-5)
+    assert _same(oracle, src.trained, _x(), rel=1e-5)
     assert _same(oracle, src.plain, _x(), rel=1e-5)
 
 
@@ -123,3 +123,27 @@ def test_model_that_contradicts_the_file_is_refused(tmp_path, a0, save_lightning
     path = save_lightning(a0, tmp_path / "a0.ckpt")
     with pytest.raises(DeployError, match="holds a repvgg_a0 checkpoint but model=repvgg_b0"):
         load_source(path, model="repvgg_b0")
+
+
+def test_a_checkpoint_with_an_ema_deploys_the_ema_weights(tmp_path) -> None:
+    from repvgg_lab.testing import trained_like
+
+    trained = trained_like("repvgg_a0", 0, num_classes=10)
+    average = trained_like("repvgg_a0", 1, num_classes=10)
+    state = {"net." + k: v for k, v in trained.state_dict().items()}
+    hparams = {"model_name": "repvgg_a0", "num_classes": 10}
+    path = tmp_path / "ema.ckpt"
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": hparams,
+            "pytorch-lightning_version": "2.6",
+            "ema_state_dict": average.state_dict(),
+        },
+        path,
+    )
+    src = load_source(path)
+    assert src.weights == "ema"
+    assert _same(average, src.trained, _x()) and not _same(trained, src.trained, _x())
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "raw.ckpt")
+    assert load_source(tmp_path / "raw.ckpt").weights == "trained"

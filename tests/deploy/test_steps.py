@@ -39,12 +39,12 @@ def test_steps_do_not_change_their_inputs(ckpt, tmp_path, pruning) -> None:
     before = copy.deepcopy(options)
     loaded = steps.load(ckpt, options)
     src = loaded.src
-    plain, source = _state(src.plain), _state(src.source)
+    plain, source = _state(src.plain), _state(src.trained)
     verified = steps.verify(loaded, options)
     x, truth = verified.x.clone(), verified.truth.clone()
 
     pruned = steps.prune(loaded, verified, options)
-    assert loaded.src is src and _same(src.plain, plain) and _same(src.source, source)
+    assert loaded.src is src and _same(src.plain, plain) and _same(src.trained, source)
     assert torch.equal(verified.x, x) and torch.equal(verified.truth, truth)
     if pruning is None:
         assert pruned.src is src and pruned.unpruned is None and pruned.summary is None

@@ -65,7 +65,7 @@ def test_official_train_form_names(source, fresh) -> None:
         "linear.weight",
     ):
         assert key in official
-    assert read_checkpoint(official).source == "official"
+    assert read_checkpoint(official).format == "official"
     _assert_loaded(load_pretrained(fresh, official), source)
 
 
@@ -129,7 +129,7 @@ def test_lightning_checkpoint_keeps_hyper_parameters(source, tmp_path) -> None:
         path,
     )
     ckpt = read_checkpoint(path)
-    assert ckpt.source == "lightning" and ckpt.model_name == "repvgg_a0"
+    assert ckpt.format == "lightning" and ckpt.model_name == "repvgg_a0"
     assert ckpt.hyper_parameters["lr"] == 0.1
     _assert_loaded(load_pretrained(create_model("repvgg_a0", num_classes=10), path), source)
 

@@ -194,7 +194,7 @@ def test_own_checkpoints_load(trained, tmp_path) -> None:
     source = trained("qarepvgg_a0")
     _lightning_file(source, "qarepvgg_a0", tmp_path / "last.ckpt")
     ckpt = read_checkpoint(tmp_path / "last.ckpt")
-    assert ckpt.source == "lightning" and ckpt.model_name == "qarepvgg_a0" and not ckpt.is_deploy
+    assert ckpt.format == "lightning" and ckpt.model_name == "qarepvgg_a0" and not ckpt.is_deploy
     loaded = load_pretrained(create_model(ckpt.model_name, num_classes=10), ckpt.state_dict)
     x = torch.randn(2, 3, 32, 32)
     plain = reparameterize(source)
