@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -15,6 +16,8 @@ from repvgg_lab.deploy.report import render
 from repvgg_lab.errors import ConfigError
 from repvgg_lab.pipeline.common import user_errors
 from repvgg_lab.pipeline.prune import prune_options
+from repvgg_lab.pipeline.summary import deploy_summary, print_summary
+from repvgg_lab.pipeline.tracking import deploy_run, publish_deploy_run
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,10 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     """Run the deploy described by `cfg`, print its report table and return its metrics."""
     with user_errors():
         values = config_values(cfg)
-        report = run.deploy(values["ckpt"], deploy_options(values))
+        options = deploy_options(values)
+        loggers = deploy_run(values, Path(options.out_dir))
+        report = run.deploy(values["ckpt"], options)
     Console().print(render(report))
+    publish_deploy_run(loggers, report)
+    print_summary("repvgg_lab deploy", deploy_summary(report["metrics"], Path(report["out_dir"])))
     return report["metrics"]

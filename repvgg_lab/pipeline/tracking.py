@@ -11,6 +11,8 @@ from typing import Any
 
 from pytorch_lightning.loggers import WandbLogger
 
+from repvgg_lab.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DRIFT_COLUMNS = ("measurement", "block", "train_rel_max", "deploy_rel_max", "rel_max")
@@ -66,3 +68,34 @@ def publish_training_run(
     log_files(loggers, "model", [output_dir / name for name in weights])
     log_files(loggers, "metrics", [output_dir / "metrics.json", output_dir / "drift_blocks.json"])
     log_drift_table(loggers, blocks)
+
+
+def deploy_run(values: Mapping[str, Any], out_dir: Path) -> list[WandbLogger]:
+    """The W&B logger of a deploy (`logger: wandb`), or none (`logger: none`)."""
+    choice = values.get("logger", "none")
+    if choice not in ("wandb", "none"):
+        raise ConfigError(f"logger must be one of wandb, none, got {choice!r}")
+    if choice == "none":
+        return []
+    settings = values.get("wandb") or {}
+    logger = WandbLogger(
+        project=settings.get("project", "repvgg_lab"),
+        name="deploy",
+        save_dir=str(out_dir),
+        offline=bool(settings.get("offline", True)),
+    )
+    return [logger]
+
+
+def publish_deploy_run(loggers: list[WandbLogger], report: Mapping[str, Any]) -> None:
+    """A finished deploy: its metrics, exports and report as W&B records; closes the run."""
+    out_dir, files = Path(report["out_dir"]), report["files"]
+    numbers = {k: v for k, v in report["metrics"].items() if isinstance(v, int | float)}
+    for logger in loggers:
+        logger.log_metrics(numbers)
+        logger.experiment.summary.update(numbers)
+    onnx = [out_dir / name for key, name in files.items() if key.startswith("onnx")]
+    log_files(loggers, "model", onnx)
+    log_files(loggers, "report", [out_dir / files["report"], out_dir / files["metrics"]])
+    for logger in loggers:
+        logger.experiment.finish()

@@ -20,6 +20,7 @@ from repvgg_lab.deploy import deploy
 from repvgg_lab.models import create_model, load_pretrained
 from repvgg_lab.reparam import rel_max
 from tests.helpers.contract import DRIFT_METRICS
+from tests.helpers.wandb_records import artifacts, summary
 
 FILES = ("model.onnx", "model.pt2", "model.safetensors", "metrics.json", "report.json")
 DESIGN_NAMES = (
@@ -74,6 +75,24 @@ def test_every_file_written_and_table_printed(run) -> None:
     report = json.loads((run_dir / "report.json").read_text())
     assert "drift/max_abs" in proc.stdout and "onnx/vs_fp64/rel_max" in proc.stdout
     assert f"{report['metrics']['params/deploy']:,}" in proc.stdout
+
+
+def test_the_deploy_has_its_own_wandb_run_and_summary(run) -> None:
+    proc, run_dir = run
+    wandb_dir = next(run_dir.glob("wandb/offline-run-*"))
+    logged = sorted((kind, f) for kind, files in artifacts(wandb_dir).values() for f in files)
+    assert logged == [
+        ("model", "model.onnx"),
+        ("report", "metrics.json"),
+        ("report", "report.json"),
+    ]
+    report = json.loads((run_dir / "report.json").read_text())
+    deploy_rel = report["metrics"]["drift/vs_fp64/deploy_rel_max"]
+    assert summary(wandb_dir)["drift/vs_fp64/deploy_rel_max"] == pytest.approx(deploy_rel)
+    # The console ends with the project's summary, the drift in scientific notation.
+    last = proc.stdout.split("repvgg_lab deploy")[-1]
+    assert f"drift vs float64: drift/vs_fp64/deploy_rel_max {deploy_rel:.2e}" in last
+    assert f"run folder: {run_dir}" in last
 
 
 def test_report_has_the_stable_metric_names(run) -> None:
@@ -182,6 +201,10 @@ CLI_BAD = {
     "pickle that runs code": (_code_pickle, "refused to unpickle"),
     "unknown model": (_unknown_model, "unknown model 'repvgg_z9'"),
     "no ckpt=": (lambda tmp, a0: [], "missing required option ckpt="),
+    "unknown logger": (
+        lambda tmp, a0: [f"ckpt={tmp / 'x.ckpt'}", "logger=tensorboard"],
+        "logger must be one of wandb, none, got 'tensorboard'",
+    ),
 }
 
 
