@@ -34,3 +34,7 @@ class DeployError(InputError):
 
 class ConversionError(InputError):
     """A model whose structure an exact conversion does not cover; the message says where."""
+
+
+class QuantizationError(InputError):
+    """An int8 option or model that quantization cannot handle; the message says why."""
