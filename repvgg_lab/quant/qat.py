@@ -114,7 +114,7 @@ def qat_finetune(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, count = total + float(loss) * len(y), count + len(y)
+            total, count = total + float(loss.detach()) * len(y), count + len(y)
         log.info("QAT epoch %d/%d: train loss %.4f", epoch + 1, epochs, total / max(count, 1))
     return plain.eval()
 
