@@ -8,8 +8,11 @@ from repvgg_lab.quant.options import METHODS, QuantOptions, check_precision
 from repvgg_lab.quant.plain import as_plain, plant_outlier
 from repvgg_lab.quant.ptq import check_qdq, quantize_net, quantize_onnx
 from repvgg_lab.quant.qat import export_qat, qat_finetune
+from repvgg_lab.quant.run import INT8_ONNX, LAYERS_JSON, int8_deploy
 
 __all__ = [
+    "INT8_ONNX",
+    "LAYERS_JSON",
     "METHODS",
     "QuantOptions",
     "as_plain",
@@ -18,6 +21,7 @@ __all__ = [
     "equalize",
     "evaluate_int8",
     "export_qat",
+    "int8_deploy",
     "int8_latency",
     "layer_report",
     "plant_outlier",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from repvgg_lab.errors import QuantizationError
 
@@ -58,3 +60,14 @@ class QuantOptions:
             raise QuantizationError(
                 f"quantize.percentile must be a number in [90, 100), got {self.percentile!r}"
             )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> QuantOptions:
+        """Options from a config mapping (e.g. the `quantize` group); unknown keys are refused."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise QuantizationError(
+                f"unknown option quantize.{unknown[0]}; known: {', '.join(known)}"
+            )
+        return cls(**dict(values))

@@ -4,6 +4,7 @@ calibrated on real images. Every file is written atomically."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -151,7 +152,7 @@ def quantize_net(
     plain = as_plain(net)
     if options.equalize:
         plain = equalize(plain)
-    plain_options = QuantOptions(**{**options.__dict__, "equalize": False})
+    plain_options = dataclasses.replace(options, equalize=False)
     with tempfile.TemporaryDirectory(prefix="repvgg_quant_") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(plain, fp32, calibration_images[:1].float())

@@ -53,3 +53,11 @@ def test_unsupported_precision_is_named(value: str) -> None:
     with pytest.raises(QuantizationError) as err:
         check_precision(value)
     assert str(err.value) == f"quantize={value} is not supported; use none or int8"
+
+
+def test_options_from_a_config_mapping() -> None:
+    options = QuantOptions.from_mapping({"method": "entropy", "per_channel": False})
+    assert (options.method, options.per_channel) == ("entropy", False)
+    with pytest.raises(QuantizationError) as err:
+        QuantOptions.from_mapping({"methods": "minmax"})
+    assert str(err.value).startswith("unknown option quantize.methods; known: method, ")

@@ -1,6 +1,7 @@
 """ONNX Runtime post-training quantization of a trained digits net: the QDQ graph, accuracy and
 agreement measured in ONNX Runtime on real digits images, atomic writes, latency."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,12 @@ import torch
 from repvgg_lab.deploy.verify import OnnxRunner
 from repvgg_lab.errors import QuantizationError
 from repvgg_lab.quant import (
+    INT8_ONNX,
+    LAYERS_JSON,
     QuantOptions,
     check_qdq,
     evaluate_int8,
+    int8_deploy,
     int8_latency,
     quantize_net,
     quantize_onnx,
@@ -109,3 +113,24 @@ def test_latency_is_interleaved_per_batch_size(fp32_onnx, calib, tmp_path):
         assert metrics[f"quant/latency/b{n}/int8_ms"] > 0
         assert 0 < metrics[f"quant/latency/b{n}/int8_over_fp32"] < 100
     assert Path(out).exists()
+
+
+def test_int8_deploy_writes_both_files_and_names_the_worst_layer(
+    trained_plain, fp32_onnx, calib, test_split, tmp_path
+):
+    images, labels = test_split
+    metrics = int8_deploy(
+        trained_plain,
+        tmp_path / "out",
+        calib,
+        images,
+        labels,
+        QuantOptions(equalize=True),
+        fp32_onnx=fp32_onnx,
+        latency_batches=(1,),
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [INT8_ONNX, LAYERS_JSON]
+    report = json.loads((tmp_path / "out" / LAYERS_JSON).read_text())
+    assert metrics["quant/int8/worst_layer"] == report["worst"] == report["layers"][0]["name"]
+    assert metrics["quant/int8/test/acc"] >= metrics["quant/fp32/test/acc"] - 0.02
+    assert metrics["quant/latency/b1/int8_ms"] > 0
