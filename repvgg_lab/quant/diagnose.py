@@ -5,7 +5,9 @@ int8 weights per output channel or per tensor, uint8 activations with min/max ra
 calibration batch) and fed the fp32 input of that layer, so its SQNR measures that layer's own
 damage, not what earlier layers passed on (reading ONNX Runtime's intermediate outputs would mix
 both and depends on node names). SQNRs with only the weights or only the input activation
-quantized tell which of the two is the cause; the whole-tensor weight measures show why."""
+quantized tell which of the two is the cause; the whole-tensor weight measures show why.
+Activation ranges are the calibration batch's min/max whatever `QuantOptions.method` is (the
+percentile and entropy methods give ONNX Runtime narrower ranges, hence slightly other errors)."""
 
 from __future__ import annotations
 

@@ -34,28 +34,34 @@ def int8_deploy(
     split: str = "test",
     fp32_onnx: str | Path | None = None,
     latency_batches: Sequence[int] = (),
-    input_size: int | None = None,
+    reference: nn.Module | None = None,
+    prefix: str = "quant/int8",
+    files: tuple[str, str] = (INT8_ONNX, LAYERS_JSON),
 ) -> dict[str, Any]:
-    """Write `out_dir`/model.int8.onnx and quant_layers.json for `net` and return the metrics:
-    `quant/int8/<split>/acc`, `quant/int8/top1_agree`, `quant/int8/rel_max` (against the fp32
-    net), `quant/int8/worst_layer`, `quant/int8/worst_sqnr_db`, and with `fp32_onnx` and
-    `latency_batches` the int8-vs-fp32 latency ratios."""
+    """Write `out_dir`/model.int8.onnx and quant_layers.json (`files`) for `net` and return the
+    metrics: `<prefix>/<split>/acc`, `<prefix>/top1_agree` and `<prefix>/rel_max` against the
+    fp32 `reference` (default: `net`; for QAT, the net before fine-tuning), `<prefix>/worst_layer`
+    and `<prefix>/worst_sqnr_db`, and with `fp32_onnx` and `latency_batches` the int8-vs-fp32
+    latency ratios."""
     options = options or QuantOptions()
     out_dir = Path(out_dir)
-    reference = as_plain(net)
-    plain = equalize(reference) if options.equalize else reference
+    plain = as_plain(net)
+    reference = as_plain(reference) if reference is not None else plain
+    if options.equalize:
+        plain = equalize(plain)
     plain_options = dataclasses.replace(options, equalize=False)
-    int8 = quantize_net(plain, out_dir / INT8_ONNX, calibration_images, plain_options)
-    metrics: dict[str, Any] = evaluate_int8(int8, reference, eval_images, eval_labels, split)
+    int8 = quantize_net(plain, out_dir / files[0], calibration_images, plain_options)
+    metrics: dict[str, Any] = evaluate_int8(
+        int8, reference, eval_images, eval_labels, split, prefix
+    )
     rows = layer_report(plain, calibration_images[:REPORT_IMAGES], options)
-    write_layer_report(out_dir / LAYERS_JSON, rows)
-    metrics["quant/int8/worst_layer"] = rows[0]["name"]
-    metrics["quant/int8/worst_sqnr_db"] = rows[0]["sqnr_db"]
+    write_layer_report(out_dir / files[1], rows)
+    metrics[f"{prefix}/worst_layer"] = rows[0]["name"]
+    metrics[f"{prefix}/worst_sqnr_db"] = rows[0]["sqnr_db"]
     log.info(
         "int8: worst layer %s (%.1f dB): %s", rows[0]["name"], rows[0]["sqnr_db"], rows[0]["cause"]
     )
     if fp32_onnx is not None and latency_batches:
-        size = input_size or int(calibration_images.shape[-1])
-        channels = int(calibration_images.shape[1])
+        size, channels = int(calibration_images.shape[-1]), int(calibration_images.shape[1])
         metrics.update(int8_latency(fp32_onnx, int8, size, latency_batches, in_channels=channels))
     return metrics

@@ -9,6 +9,7 @@ from repvgg_lab.quant import (
     QuantOptions,
     evaluate_int8,
     export_qat,
+    int8_deploy,
     plant_outlier,
     qat_finetune,
     quantize_net,
@@ -37,8 +38,24 @@ def test_qat_recovers_half_the_per_tensor_drop(digits, trained_plain, calib, tes
         calibration_images=calib,
     )
     out = export_qat(tuned, tmp_path / "qat.onnx", calib, PER_TENSOR)
-    qat = evaluate_int8(out, tuned, images, labels, prefix="quant/qat")
+    qat = evaluate_int8(out, planted, images, labels, prefix="quant/qat")
     assert qat["quant/qat/test/acc"] >= ptq + drop / 2, (fp32, ptq, qat)
+    assert qat["quant/qat/top1_agree"] > metrics["quant/int8/top1_agree"]
+    # The pipeline's one call gives the same int8 model and numbers.
+    files = ("model.qat.int8.onnx", "quant_layers.qat.json")
+    again = int8_deploy(
+        tuned,
+        tmp_path,
+        calib,
+        images,
+        labels,
+        PER_TENSOR,
+        reference=planted,
+        prefix="quant/qat",
+        files=files,
+    )
+    assert again["quant/qat/test/acc"] == qat["quant/qat/test/acc"]
+    assert (tmp_path / files[1]).exists()
     # Fine-tuning works on a copy.
     assert torch.equal(planted.features[8].conv.weight, before)
 
