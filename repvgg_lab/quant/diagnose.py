@@ -41,6 +41,7 @@ def weight_outliers(weight: Tensor) -> dict[str, float]:
     std = float(w.std()) if w.numel() > 1 else 0.0
 
     def ratio(values: Tensor) -> float:
+        """max / median (inf when the median is 0)."""
         median = float(values.median())
         return float(values.max()) / median if median > 0 else math.inf
 
@@ -53,6 +54,7 @@ def weight_outliers(weight: Tensor) -> dict[str, float]:
 
 
 def _conv(layer: PlainLayer, x: Tensor, weight: Tensor) -> Tensor:
+    """The layer's conv applied with `weight` in place of its own."""
     c = layer.conv
     return F.conv2d(x, weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
@@ -66,6 +68,7 @@ def _layer_rows(layer: PlainLayer, x: Tensor, per_channel: bool) -> dict[str, fl
     low, high = float(ref.min()), float(ref.max())
 
     def out(inp: Tensor, weight: Tensor) -> Tensor:
+        """The layer on `inp` with `weight`, its output on the uint8 grid of the fp32 range."""
         return fake_quant_act(layer.pool(layer.act(_conv(layer, inp, weight))), low, high)
 
     full = out(xq, wq)
@@ -82,6 +85,7 @@ def _layer_rows(layer: PlainLayer, x: Tensor, per_channel: bool) -> dict[str, fl
 
 
 def _cause(row: dict[str, Any]) -> str:
+    """One line: weights or input activation, whichever alone costs more SQNR, with the numbers."""
     if row["sqnr_weights_only_db"] <= row["sqnr_input_only_db"]:
         return (
             f"weights: max|w|/std {row['weight_max_over_std']:.1f}, largest channel range "

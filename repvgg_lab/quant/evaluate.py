@@ -23,6 +23,7 @@ def run_batched(fn: Callable[[Tensor], Tensor], images: Tensor, batch: int = 256
 
 
 def _reference_fn(reference: OnnxRunner | nn.Module | str | Path) -> Callable[[Tensor], Tensor]:
+    """The fp32 reference as a function of an image batch (eval mode, exact fp32 for a net)."""
     if isinstance(reference, str | Path):
         reference = OnnxRunner(reference)
     if isinstance(reference, nn.Module):

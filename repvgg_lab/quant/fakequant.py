@@ -86,6 +86,7 @@ class RangeObserver(nn.Module):
     exponential average); `frozen` stops updates."""
 
     def __init__(self, momentum: float | None = None) -> None:
+        """An empty range (low = inf, high = -inf) that the first observation replaces."""
         super().__init__()
         self.momentum = momentum
         self.frozen = False

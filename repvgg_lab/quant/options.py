@@ -21,6 +21,7 @@ def check_precision(value: str | None) -> str | None:
 
 
 def _is_int(value: object) -> bool:
+    """True for an int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -40,6 +41,7 @@ class QuantOptions:
     percentile: float = 99.999
 
     def __post_init__(self) -> None:
+        """Refuse a bad option with a one-line message naming it as `quantize.<name>`."""
         if self.method not in METHODS:
             raise QuantizationError(
                 f"quantize.method must be one of {', '.join(METHODS)}, got {self.method!r}"

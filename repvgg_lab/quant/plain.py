@@ -22,8 +22,7 @@ def as_plain(net: nn.Module) -> PlainNet:
     try:
         plain = as_plain_net(net)
     except PruningError as err:
-        message = str(err).replace("pruning supports", "int8 tools support")
-        raise QuantizationError(message) from None
+        raise QuantizationError(f"int8 tools need a plain conv chain: {err}") from None
     return copy.deepcopy(plain).eval()
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -22,7 +23,8 @@ from repvgg_lab.quant.options import QuantOptions
 log = logging.getLogger(__name__)
 
 
-def _calibration_method(name: str):  # noqa: ANN202 - onnxruntime enum
+def _calibration_method(name: str) -> Any:
+    """ONNX Runtime's `CalibrationMethod` for a `quantize.method` name."""
     from onnxruntime.quantization import CalibrationMethod
 
     return {
@@ -32,7 +34,7 @@ def _calibration_method(name: str):  # noqa: ANN202 - onnxruntime enum
     }[name]
 
 
-def calibration_reader(images: Tensor, batches: int, input_name: str = ONNX_INPUT):
+def calibration_reader(images: Tensor, batches: int, input_name: str = ONNX_INPUT) -> Any:
     """An ONNX Runtime `CalibrationDataReader` that feeds `images` in `batches` chunks."""
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -47,19 +49,23 @@ def calibration_reader(images: Tensor, batches: int, input_name: str = ONNX_INPU
         """Yields {input_name: chunk} once per chunk, then None."""
 
         def __init__(self) -> None:
+            """Start at the first chunk."""
             self._items = iter(chunks)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
+            """The next chunk as an ONNX Runtime feed, None when done."""
             chunk = next(self._items, None)
             return None if chunk is None else {input_name: chunk}
 
         def rewind(self) -> None:
+            """Start again from the first chunk (calibrators may read twice)."""
             self._items = iter(chunks)
 
     return _Reader()
 
 
 def _extra_options(options: QuantOptions) -> dict[str, object]:
+    """`quantize_static` extra options: symmetric weights, asymmetric activations, percentile."""
     extra: dict[str, object] = {"WeightSymmetric": True, "ActivationSymmetric": False}
     if options.method == "percentile":
         extra["CalibPercentile"] = float(options.percentile)
@@ -86,7 +92,7 @@ def check_qdq(proto: onnx.ModelProto) -> dict[str, int]:
                     f"Conv {conv.name!r} reads {name!r} without DequantizeLinear"
                 )
         nexts = consumers.get(conv.output[0], [])
-        after = [c for n in nexts for c in consumers.get(n.output[0], [])] if nexts else []
+        after = [c for n in nexts for c in consumers.get(n.output[0], [])]
         if not any(n.op_type == "QuantizeLinear" for n in nexts + after):
             raise QuantizationError(f"the output of Conv {conv.name!r} is not quantized")
     counts: dict[str, int] = {}

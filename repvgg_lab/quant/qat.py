@@ -8,7 +8,9 @@ quantized by `quantize_net`, calibrated on the QAT net's own activations. Why no
 flow: its X86 Inductor quantizer targets Inductor kernels, and turning its converted graph into
 an ONNX Runtime QDQ model means a second exporter path to trust; here the int8 model deploy
 produces and the one QAT produces come out of the same ONNX Runtime quantizer, so their
-accuracies compare like for like."""
+accuracies compare like for like. Each conv's input and weights are fake-quantized (the input
+of layer l+1 is the output of layer l, so that covers the outputs too); the pooled linear head
+stays fp32 during fine-tuning and is quantized by ONNX Runtime afterwards."""
 
 from __future__ import annotations
 
@@ -35,12 +37,14 @@ class FakeQuantLayer(nn.Module):
     """A PlainLayer whose input and weights go through int8 fake quantization."""
 
     def __init__(self, layer: PlainLayer, per_channel: bool, momentum: float) -> None:
+        """Wrap `layer` (parameters shared) with an input range observer."""
         super().__init__()
         self.layer = layer
         self.per_channel = per_channel
         self.observer = RangeObserver(momentum)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Observe (in training), fake-quantize input and weights, then conv, act, pool."""
         if self.training:
             self.observer.observe(x)
         x = fake_quant_act(x, *self.observer.range())
@@ -54,12 +58,14 @@ class FakeQuantNet(nn.Module):
     """A PlainNet with every conv layer fake-quantized; `plain` shares its parameters."""
 
     def __init__(self, plain: PlainNet, per_channel: bool, momentum: float = 0.01) -> None:
+        """Wrap every layer of `plain`; observers follow ranges by EMA with `momentum`."""
         super().__init__()
         self.plain = plain
         layers = [FakeQuantLayer(m, per_channel, momentum) for m in plain.features]
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Fake-quantized features, then the fp32 head."""
         for layer in self.layers:
             x = layer(x)
         return self.plain.head(x)
@@ -78,6 +84,7 @@ class FakeQuantNet(nn.Module):
 
 
 def _images(batch: object) -> tuple[Tensor, Tensor]:
+    """(images, labels) of a loader batch, or a one-line error."""
     if not isinstance(batch, list | tuple) or len(batch) < 2:
         raise QuantizationError("the QAT train loader must yield (images, labels) batches")
     return batch[0], batch[1]
