@@ -1,13 +1,14 @@
 """Per-layer int8 diagnostics: which conv of a plain net breaks int8, and why.
 
-Each layer is quantized in PyTorch with the scheme ONNX Runtime's QDQ quantizer uses (symmetric
-int8 weights per output channel or per tensor, uint8 activations with min/max ranges from the
-calibration batch) and fed the fp32 input of that layer, so its SQNR measures that layer's own
-damage, not what earlier layers passed on (reading ONNX Runtime's intermediate outputs would mix
-both and depends on node names). SQNRs with only the weights or only the input activation
-quantized tell which of the two is the cause; the whole-tensor weight measures show why.
-Activation ranges are the calibration batch's min/max whatever `QuantOptions.method` is (the
-percentile and entropy methods give ONNX Runtime narrower ranges, hence slightly other errors)."""
+Each layer is quantized in PyTorch on ONNX Runtime's QDQ grids (symmetric int8 weights per
+output channel or per tensor, uint8 activations with min/max ranges from the calibration batch;
+the tests check both grids against the int8 ONNX model) and fed the fp32 input of that layer, so
+its SQNR measures that layer's own damage, not what earlier layers passed on (reading ONNX
+Runtime's intermediate outputs would mix both and depends on node names). SQNRs with only the
+weights or only the input activation quantized tell which of the two is the cause; the
+whole-tensor weight measures show why. Activation ranges are the calibration batch's min/max
+whatever `QuantOptions.method` is (the percentile and entropy methods give ONNX Runtime narrower
+ranges, hence slightly other errors)."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-# ONNX Runtime's symmetric int8 weights: scale = max|w| / ((127 - (-128)) / 2).
-WEIGHT_QMIN, WEIGHT_QMAX = -128, 127
+# ONNX Runtime's symmetric int8 weights use [-127, 127]: scale = max|w| / 127.
+WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 ACT_QMIN, ACT_QMAX = 0, 255
 _TINY = 1e-12
 

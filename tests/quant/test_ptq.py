@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from repvgg_lab.deploy.verify import OnnxRunner
 from repvgg_lab.errors import QuantizationError
@@ -22,6 +23,7 @@ from repvgg_lab.quant import (
     quantize_net,
     quantize_onnx,
 )
+from repvgg_lab.quant.fakequant import act_qparams, fake_quant_weight
 
 
 def _producers(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -134,3 +136,33 @@ def test_int8_deploy_writes_both_files_and_names_the_worst_layer(
     assert metrics["quant/int8/worst_layer"] == report["worst"] == report["layers"][0]["name"]
     assert metrics["quant/int8/test/acc"] >= metrics["quant/fp32/test/acc"] - 0.02
     assert metrics["quant/latency/b1/int8_ms"] > 0
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_pytorch_simulation_rounds_weights_like_onnx_runtime(
+    trained_plain, fp32_onnx, calib, tmp_path, per_channel
+):
+    out = quantize_onnx(
+        fp32_onnx, tmp_path / "w.onnx", calib, QuantOptions(per_channel=per_channel)
+    )
+    proto = onnx.load(str(out))
+    producers, inits = _producers(proto), {t.name: t for t in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    for layer, conv in zip(trained_plain.features, convs, strict=True):
+        dq = producers[conv.input[1]]
+        q, scale = (torch.from_numpy(numpy_helper.to_array(inits[n]).copy()) for n in dq.input[:2])
+        ort_weight = q.float() * (scale.view(-1, 1, 1, 1) if per_channel else scale)
+        ours = fake_quant_weight(layer.conv.weight.detach(), per_channel)
+        assert torch.allclose(ours, ort_weight, rtol=0, atol=1e-6 * float(scale.max()))
+
+
+def test_pytorch_simulation_uses_onnx_runtime_activation_grid(fp32_onnx, calib, tmp_path):
+    out = quantize_onnx(fp32_onnx, tmp_path / "a.onnx", calib)
+    proto = onnx.load(str(out))
+    producers, inits = _producers(proto), {t.name: t for t in proto.graph.initializer}
+    first = next(n for n in proto.graph.node if n.op_type == "Conv")
+    dq = producers[first.input[0]]
+    scale, zero = (float(numpy_helper.to_array(inits[n])) for n in dq.input[1:3])
+    ours_scale, ours_zero = act_qparams(float(calib.min()), float(calib.max()))
+    assert ours_scale == pytest.approx(scale, rel=1e-6)
+    assert ours_zero == zero
