@@ -36,6 +36,10 @@ class ConversionError(InputError):
     """A model whose structure an exact conversion does not cover; the message says where."""
 
 
+class QuantizationError(InputError):
+    """An int8 option or model that quantization cannot handle; the message says why."""
+
+
 # Option checks shared by the option objects (PruneOptions, DeployOptions): each raises `error`
 # with a one-line message that names the option as the user types it.
 

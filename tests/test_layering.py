@@ -130,6 +130,7 @@ UPPER = {
     "data": ("lit", "deploy", "pipeline", "bench", "studies", "testing"),
     "lit": ("deploy", "pipeline", "bench", "studies", "testing"),
     "deploy": ("lit", "pipeline", "bench", "studies", "testing"),
+    "quant": ("lit", "data", "pipeline", "bench", "studies", "testing"),
     "bench": ("pipeline", "studies"),
     "studies": ("pipeline",),
 }
@@ -142,7 +143,7 @@ def test_packages_do_not_import_upper_layers(package: str) -> None:
     files = _files(PACKAGE / package)
     assert files, f"repvgg_lab/{package} has no files"
     upper = tuple(f"repvgg_lab.{p}" for p in UPPER[package])
-    heavy = HEAVY if package in ("models", "prune") else ("hydra", "omegaconf", "wandb")
+    heavy = HEAVY if package in ("models", "prune", "quant") else ("hydra", "omegaconf", "wandb")
 
     def allowed(name: str) -> bool:
         return not _under(name, *upper) and _top(name) not in heavy
