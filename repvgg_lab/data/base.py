@@ -157,9 +157,10 @@ class ImageDataModule(pl.LightningDataModule):
         """Test batches in a fixed order."""
         return self._loader(self.splits.test, train=False)
 
-    def fixed_batch(self, split: str = "val", size: int = 64) -> tuple[Tensor, Tensor]:
+    def fixed_batch(self, split: str = "val", size: int | None = 64) -> tuple[Tensor, Tensor]:
         """The same `size` eval-transformed samples of `split` on every call: evenly spaced
-        indices, so class-sorted folders still give a batch that spans the classes."""
+        indices, so class-sorted folders still give a batch that spans the classes. `size`
+        None: the whole split (held in memory)."""
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: expected one of {SPLITS}")
         splits = self.splits
@@ -167,6 +168,7 @@ class ImageDataModule(pl.LightningDataModule):
         n = len(dataset)
         if n == 0:
             raise ValueError(f"split={split!r} is empty")
+        size = n if size is None else size
         if size > n:
             log.warning("fixed_batch: %s has %d samples, fewer than size=%d", split, n, size)
         picks = np.unique(np.linspace(0, n - 1, num=min(size, n)).round().astype(np.int64))

@@ -10,6 +10,7 @@ from repvgg_lab.deploy.export import DEFAULT_OPSET, OPSETS
 from repvgg_lab.deploy.verify import check_verify_data
 from repvgg_lab.errors import DeployError, check_integer, is_integer
 from repvgg_lab.prune import PruneOptions
+from repvgg_lab.quant.options import QuantOptions
 
 DEFAULT_INPUT_SIZE = 224
 
@@ -43,6 +44,7 @@ class DeployOptions:
     seed: int | None = 0
     threads: int | None = None
     prune: PruneOptions | None = None
+    quantize: QuantOptions | None = None
 
     def __post_init__(self) -> None:
         """Check every option once; normalise `out_dir` to a Path, `batch_sizes` to a tuple."""
@@ -65,6 +67,11 @@ class DeployOptions:
         self._check_tolerance_and_batches()
         check_verify_data(self.verify_data, self.verify_root)
         self._check_prune()
+        if self.quantize is not None and not self.verify_data:
+            raise DeployError(
+                "quantize=int8 needs real images to calibrate and measure on: set "
+                "verify.data=digits|imagenet"
+            )
 
     def _check_tolerance_and_batches(self) -> None:
         """A positive tolerance, positive integer batch sizes (kept as a tuple)."""
@@ -96,8 +103,11 @@ class DeployOptions:
 
     @property
     def calibration_images(self) -> int:
-        """Training images of `verify_data` that recalibrate lossy pruning (0: none)."""
-        return self.prune.calibration_batches * self.verify_batch if self.prune else 0
+        """Training images of `verify_data` that recalibrate lossy pruning or calibrate the
+        int8 activation ranges (0: none)."""
+        prune = self.prune.calibration_batches if self.prune else 0
+        quantize = self.quantize.calibration_batches if self.quantize else 0
+        return max(prune, quantize) * self.verify_batch
 
     @property
     def prune_timing(self) -> PruneOptions | None:

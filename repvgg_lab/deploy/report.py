@@ -103,7 +103,7 @@ def render(report: dict[str, Any]) -> Group:
     checks.add_column("metric")
     checks.add_column("value", justify="right")
     shown = {"drift/vs_fp64/train_rel_max", "drift/vs_fp64/deploy_rel_max"}
-    others = sorted(k for k in m if k.startswith(("drift/", "onnx/", "verify/")))
+    others = sorted(k for k in m if k.startswith(("drift/", "onnx/", "verify/", "quant/")))
     for key in dict.fromkeys([*DRIFT_KEYS, *others]):  # stable names first, no repeats
         if key not in shown:
             checks.add_row(key, _fmt(m.get(key)))

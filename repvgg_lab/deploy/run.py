@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import onnxruntime
 import torch
 
 from repvgg_lab.deploy import steps
+from repvgg_lab.deploy.int8 import Quantized, quantize
 from repvgg_lab.deploy.options import DeployOptions
 from repvgg_lab.deploy.report import FILES
 from repvgg_lab.errors import DeployError
@@ -55,6 +57,7 @@ def _settings(options: DeployOptions, loaded: steps.Loaded) -> dict[str, Any]:
         "warmup": options.warmup,
         "threads": torch.get_num_threads(),
         "prune": options.prune.as_dict() if options.prune is not None else None,
+        "quantize": asdict(options.quantize) if options.quantize is not None else None,
     }
 
 
@@ -81,16 +84,17 @@ def assemble(
     pruned: steps.Pruned,
     staged: steps.Staged,
     measured: steps.Measured,
+    quantized: Quantized,
 ) -> dict[str, Any]:
     """The report, built once from the results of the steps."""
     report = {
-        "metrics": steps.metrics_of(verified, pruned, staged, measured),
+        "metrics": {**steps.metrics_of(verified, pruned, staged, measured), **quantized.metrics},
         "source": _source(ckpt, loaded),
         "reference": _REFERENCE[loaded.src.deploy_form] + (_LOSSY if pruned.lossy else ""),
         "settings": _settings(options, loaded),
         "onnx_ops": staged.ops,
         "drift_blocks": verified.drift.blocks,
-        "files": dict(FILES),
+        "files": {**FILES, **quantized.files},
         "out_dir": str(options.out_dir),
         "versions": {
             "torch": torch.__version__,
@@ -125,9 +129,10 @@ def publish(report: dict[str, Any], staging: Path, out_dir: Path) -> None:
     into `out_dir`, report.json last: its presence means the export is complete."""
     write_json(staging / FILES["metrics"], report["metrics"])
     write_json(staging / FILES["report"], report)
-    for name in FILES.values():
+    names = [n for key, n in report["files"].items() if key != "report"] + [FILES["report"]]
+    for name in names:
         os.replace(staging / name, out_dir / name)
-    log.info("wrote %s to %s", ", ".join(FILES.values()), out_dir)
+    log.info("wrote %s to %s", ", ".join(names), out_dir)
 
 
 def deploy(ckpt: str | Path, options: DeployOptions | None = None, **fields: Any) -> dict[str, Any]:
@@ -151,6 +156,7 @@ def deploy(ckpt: str | Path, options: DeployOptions | None = None, **fields: Any
         with _staging(options.out_dir) as staging:
             staged = steps.stage(pruned, verified, loaded.tolerance, options.opset, staging)
             measured = steps.measure(loaded, verified, pruned, staged, options)
-            report = assemble(ckpt, options, loaded, verified, pruned, staged, measured)
+            quantized = quantize(pruned.src.plain, verified.real, options, staging)
+            report = assemble(ckpt, options, loaded, verified, pruned, staged, measured, quantized)
             publish(report, staging, options.out_dir)
     return report

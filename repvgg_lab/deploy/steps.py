@@ -118,7 +118,10 @@ def verify(loaded: Loaded, options: DeployOptions) -> Verified:
         else ""
     )
     _gate({"plain net": drift.deploy_rel_max}, loaded.tolerance, hint)
-    sizes = {"val": options.verify_size} if options.verify_data else {}
+    sizes: dict[str, int | None] = {"val": options.verify_size} if options.verify_data else {}
+    if options.quantize is not None:
+        # int8 accuracy is measured on whole splits, never on the calibration images.
+        sizes.update(val=None, test=None)
     if options.calibration_images:
         # Calibration on training images: the validation images verify the result, unseen.
         sizes["train"] = options.calibration_images

@@ -122,10 +122,15 @@ def check_verify_data(data: str | None, root: str | None) -> None:
 
 
 def real_batches(
-    data: str, root: str | None, input_size: int, in_channels: int, sizes: Mapping[str, int]
+    data: str,
+    root: str | None,
+    input_size: int,
+    in_channels: int,
+    sizes: Mapping[str, int | None],
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """For each split in `sizes` ("train", "val", ...), that many images and labels (eval
-    transforms) from the `digits` or `imagenet` data module, which is set up once."""
+    transforms; None: the whole split) from the `digits` or `imagenet` data module, which is
+    set up once."""
     check_verify_data(data, root)
     try:
         from repvgg_lab import data as datamodules

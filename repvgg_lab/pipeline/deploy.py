@@ -18,6 +18,7 @@ from repvgg_lab.pipeline.common import user_errors
 from repvgg_lab.pipeline.prune import prune_options
 from repvgg_lab.pipeline.summary import deploy_summary, print_summary
 from repvgg_lab.pipeline.tracking import deploy_run, publish_deploy_run
+from repvgg_lab.quant import QuantOptions
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def deploy_options(c: dict[str, Any]) -> DeployOptions:
         seed=c["seed"],
         threads=c["threads"],
         prune=prune_options(c.get("prune")),
+        quantize=QuantOptions.from_mapping(c["quantize"]) if c.get("quantize") else None,
     )
 
 

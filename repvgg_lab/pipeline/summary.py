@@ -47,6 +47,9 @@ def train_summary(metrics: Mapping[str, Any], output_dir: Path) -> list[str]:
     return [line for line in lines if line]
 
 
+WORST = ("quant/int8/worst_layer", "quant/int8/worst_sqnr_db")
+
+
 def deploy_summary(metrics: Mapping[str, Any], out_dir: Path) -> list[str]:
     """The summary lines of a `deploy.py` run."""
     lines = [
@@ -57,7 +60,16 @@ def deploy_summary(metrics: Mapping[str, Any], out_dir: Path) -> list[str]:
             ("drift/vs_fp64/deploy_rel_max", "drift/vs_fp64/train_rel_max", "onnx/vs_fp64/rel_max"),
         ),
         _line("ONNX Runtime on real images", metrics, ("verify/acc/onnx",)),
-        f"run folder: {out_dir} (model.onnx, model.pt2, model.safetensors, report.json)",
+        _line(
+            "int8 (ONNX Runtime)",
+            metrics,
+            ("quant/int8/val/acc", "quant/int8/test/acc", "quant/int8/top1_agree"),
+        ),
+        _line(
+            "int8 weakest layer", metrics, ("quant/int8/worst_layer", "quant/int8/worst_sqnr_db")
+        ),
+        f"run folder: {out_dir} (model.onnx, model.pt2, model.safetensors, report.json"
+        + (", model.int8.onnx, quant_layers.json)" if "quant/int8/top1_agree" in metrics else ")"),
     ]
     return [line for line in lines if line]
 

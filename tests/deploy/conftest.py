@@ -11,11 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from repvgg_lab import testing
 from repvgg_lab.deploy.source import Source, save_plain
-from repvgg_lab.models import create_model
 from repvgg_lab.models.plain import ChannelClamp, PlainLayer, PlainNet
 from repvgg_lab.models.repvgg import Head
-from repvgg_lab.testing import randomize_bn
 from tests.helpers.cli import run_script
 from tests.helpers.contract import official_names
 
@@ -26,8 +25,7 @@ SIZE = 32  # input size of every test deploy: a0 at 32x32 costs ~30 MMACs per im
 
 def trained_like(name: str = "repvgg_a0", seed: int = 0, **kwargs: Any) -> nn.Module:
     """A registry net with non-trivial BN statistics (fresh BN would hide fusion mistakes)."""
-    torch.manual_seed(seed)
-    return randomize_bn(create_model(name, num_classes=NUM_CLASSES, **kwargs), seed=seed).eval()
+    return testing.trained_like(name, seed, num_classes=NUM_CLASSES, **kwargs)
 
 
 def lightning_checkpoint(

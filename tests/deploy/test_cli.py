@@ -191,6 +191,11 @@ def _code_pickle(tmp: Path, a0) -> list[str]:
     return [f"ckpt={tmp / 'evil.ckpt'}"]
 
 
+def _a0_file(tmp: Path, a0) -> Path:
+    torch.save(a0.state_dict(), tmp / "a0.pth")
+    return tmp / "a0.pth"
+
+
 def _unknown_model(tmp: Path, a0) -> list[str]:
     torch.save(a0.state_dict(), tmp / "a0.pth")
     return [f"ckpt={tmp / 'a0.pth'}", "model=repvgg_z9"]
@@ -201,6 +206,23 @@ CLI_BAD = {
     "pickle that runs code": (_code_pickle, "refused to unpickle"),
     "unknown model": (_unknown_model, "unknown model 'repvgg_z9'"),
     "no ckpt=": (lambda tmp, a0: [], "missing required option ckpt="),
+    "int4": (
+        lambda tmp, a0: [f"ckpt={tmp / 'x.ckpt'}", "quantize=int4"],
+        "quantize=int4 is not an option; choose one of int8, none",
+    ),
+    "int8 without verify.data": (
+        lambda tmp, a0: [f"ckpt={_a0_file(tmp, a0)}", "quantize=int8"],
+        "quantize=int8 needs real images",
+    ),
+    "no calibration batches": (
+        lambda tmp, a0: [
+            f"ckpt={_a0_file(tmp, a0)}",
+            "quantize=int8",
+            "verify.data=digits",
+            "quantize.calibration_batches=0",
+        ],
+        "quantize.calibration_batches must be an integer >= 1, got 0",
+    ),
     "unknown logger": (
         lambda tmp, a0: [f"ckpt={tmp / 'x.ckpt'}", "logger=tensorboard"],
         "logger must be one of wandb, none, got 'tensorboard'",

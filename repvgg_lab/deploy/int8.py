@@ -1,0 +1,53 @@
+"""The deploy's int8 step (`quantize=int8`): the verified plain net quantized in ONNX Runtime
+next to the fp32 export, measured on whole splits of `verify.data`, its layers ranked.
+
+It runs inside the staging folder like every other export, so a failure leaves `out_dir` as it
+was. The quantization itself lives in `repvgg_lab.quant`, which builds on this package's export
+and ONNX Runtime helpers; it is imported when the step runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from repvgg_lab.deploy.options import DeployOptions
+from repvgg_lab.deploy.report import FILES
+
+INT8_FILES = {"int8_onnx": "model.int8.onnx", "quant_layers": "quant_layers.json"}
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """The int8 model's metrics and the files it added to the staging folder."""
+
+    metrics: dict[str, Any]
+    files: dict[str, str]
+
+
+def quantize(plain: Any, real: dict[str, Any], options: DeployOptions, staging: Path) -> Quantized:
+    """PTQ of `plain` calibrated on the training images in `real`, accuracy on its whole `val`
+    (and `test`) splits, agreement with the fp32 plain net, int8-vs-fp32 ONNX Runtime latency
+    at the deploy's latency batch sizes; nothing without `options.quantize`."""
+    if options.quantize is None:
+        return Quantized({}, {})
+    from repvgg_lab.quant import evaluate_int8, int8_deploy
+
+    q = options.quantize
+    calibration = real["train"][0][: q.calibration_batches * options.verify_batch]
+    files = (INT8_FILES["int8_onnx"], INT8_FILES["quant_layers"])
+    metrics = int8_deploy(
+        plain,
+        staging,
+        calibration,
+        *real["val"],
+        q,
+        split="val",
+        fp32_onnx=staging / FILES["onnx"],
+        latency_batches=options.batch_sizes,
+        files=files,
+    )
+    if "test" in real:
+        test = evaluate_int8(staging / files[0], plain, *real["test"], split="test")
+        metrics.update({k: v for k, v in test.items() if k.endswith("/test/acc")})
+    return Quantized(metrics, dict(INT8_FILES))
