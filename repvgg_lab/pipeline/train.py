@@ -22,6 +22,7 @@ from repvgg_lab.lit.module import ClassifierModule
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
 from repvgg_lab.pipeline.common import user_errors
 from repvgg_lab.pipeline.prune import prune_options
+from repvgg_lab.pipeline.qat import qat_options, run_qat
 from repvgg_lab.pipeline.summary import print_summary, train_summary
 from repvgg_lab.pipeline.tracking import publish_training_run
 from repvgg_lab.prune import PruneOptions, prune_and_measure
@@ -211,6 +212,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     pruning = prune_options(cfg.get("prune"))  # a bad prune option fails now, not after training
+    qat = qat_options(cfg.finetune)
     _check_finetune(cfg.finetune)
     output_dir = Path(cfg.output_dir)
     parts = build(cfg)
@@ -228,7 +230,9 @@ def _run(cfg: DictConfig) -> dict[str, float]:
             if pruning is not None:
                 plain, prune_metrics = _prune(pruning, parts, plain, output_dir)
                 metrics.update(prune_metrics)
-            if cfg.finetune.epochs > 0:
+            if cfg.finetune.epochs > 0 and qat is not None:
+                metrics.update(run_qat(cfg.finetune, qat, dm, plain, output_dir))
+            elif cfg.finetune.epochs > 0:
                 metrics.update(_finetune(cfg, parts, plain, unpruned))
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", metrics)

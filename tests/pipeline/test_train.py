@@ -117,6 +117,31 @@ def test_ema_is_evaluated_checkpointed_and_is_the_converted_net(compose_train, t
     assert any("ema/val/acc" in str(k) for k in torch.load(best, weights_only=True)["callbacks"])
 
 
+def test_qat_finetuning_writes_an_int8_model_measured_in_onnx_runtime(compose_train, tmp_path):
+    overrides = ["finetune.epochs=1", "finetune.qat=true", "finetune.quant.calibration_batches=2"]
+    metrics = train(compose_train(*SMALL, "logger=none", *overrides))
+    int8 = tmp_path / "model.qat.int8.onnx"
+    assert int8.is_file() and (tmp_path / "quant_layers.qat.json").is_file()
+    for key in ("quant/qat/val/acc", "quant/qat/test/acc", "quant/qat/top1_agree"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    images, labels = compose_and_load_val(compose_train)
+    from repvgg_lab.deploy.verify import OnnxRunner
+
+    predicted = OnnxRunner(int8)(images).argmax(dim=1)
+    assert metrics["quant/qat/val/acc"] == pytest.approx(
+        float((predicted == labels).double().mean())
+    )
+
+
+def compose_and_load_val(compose_train) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole validation split of the SMALL runs' digits data."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(compose_train(*SMALL).data)
+    dm.setup()
+    return dm.fixed_batch("val", None)
+
+
 def test_resume_continues_from_the_saved_epoch(compose_train, tmp_path: Path) -> None:
     first = tmp_path / "first"
     # Without the best-by-val/acc checkpoint, last.ckpt must still be written every epoch.

@@ -1,0 +1,56 @@
+"""`finetune.qat=true`: fine-tune the converted (and pruned) plain net through int8 fake
+quantization, write its int8 model and measure it in ONNX Runtime (`quant/qat/*`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from repvgg_lab.quant import QuantOptions, evaluate_int8, int8_deploy, qat_finetune
+
+log = logging.getLogger(__name__)
+
+QAT_FILES = ("model.qat.int8.onnx", "quant_layers.qat.json")
+
+
+def qat_options(finetune: DictConfig) -> QuantOptions | None:
+    """The `finetune.quant` node as QuantOptions when `finetune.qat` is on (checked before
+    training starts: a bad option fails now, not after the run)."""
+    if not finetune.get("qat"):
+        return None
+    node = OmegaConf.to_container(finetune.get("quant") or {}, resolve=True)
+    return QuantOptions.from_mapping(node)
+
+
+def run_qat(
+    finetune: DictConfig, options: QuantOptions, datamodule: Any, plain: nn.Module, out: Path
+) -> dict[str, Any]:
+    """QAT of `plain` for `finetune.epochs` epochs at `finetune.qat_lr`; the int8 model's
+    accuracy on the whole val and test splits, its agreement with `plain` (the net before
+    fine-tuning: what PTQ would have quantized) and the per-layer report."""
+    dm = datamodule
+    calibration = dm.fixed_batch("train", options.calibration_batches * dm.batch_size)[0]
+    epochs, lr = int(finetune.epochs), float(finetune.qat_lr)
+    tuned = qat_finetune(
+        plain.cpu(), dm.train_dataloader(), epochs, lr, options, calibration_images=calibration
+    )
+    val, test = dm.fixed_batch("val", None), dm.fixed_batch("test", None)
+    metrics = int8_deploy(
+        tuned,
+        out,
+        calibration,
+        *val,
+        options,
+        split="val",
+        reference=plain,
+        prefix="quant/qat",
+        files=QAT_FILES,
+    )
+    on_test = evaluate_int8(out / QAT_FILES[0], plain, *test, split="test", prefix="quant/qat")
+    metrics["quant/qat/test/acc"] = on_test["quant/qat/test/acc"]
+    log.info("QAT int8 model: %s", out / QAT_FILES[0])
+    return metrics
