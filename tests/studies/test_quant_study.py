@@ -1,0 +1,94 @@
+"""The int8 study: one run studied end to end (slow), and its tables rendered from a record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from repvgg_lab.studies import quant_study
+from repvgg_lab.testing import trained_like
+
+
+def _record() -> dict:
+    def run(model: str, seed: int, fp32: float, drop: float) -> dict:
+        ptq = {
+            quant_study._variant(m, pc): {"acc": fp32 - drop * (not pc)}
+            for m, pc in quant_study.VARIANTS
+        }
+        worst = {
+            "name": "features.9",
+            "sqnr_db": 12.5,
+            "weight_max_over_std": 80.0,
+            "channel_range_ratio": 3.0,
+            "input_max": 9.0,
+            "cause": "weights",
+        }
+        return {
+            "model": model,
+            "seed": seed,
+            "ptq": {**ptq, "fp32": {"acc": fp32}},
+            "qat": {"acc": fp32 - drop / 4},
+            "worst_layers": [worst],
+        }
+
+    runs = [run("repvgg_a0", s, 0.98 + s / 100, 0.1) for s in range(3)]
+    runs += [run("qarepvgg_a0", s, 0.97, 0.0) for s in range(3)]
+    speed = {
+        "quant/latency/b1/fp32_ms": 50.0,
+        "quant/latency/b1/int8_ms": 20.0,
+        "quant/latency/b1/int8_over_fp32": 0.4,
+    }
+    return {"results": {"runs": runs, "speed": speed}, "machine": {"cpu": "cpu", "threads": 2}}
+
+
+def test_accuracy_table_gives_median_and_spread_per_model() -> None:
+    text = quant_study.render_accuracy(_record())
+    assert "| repvgg_a0 (3 seeds) | qarepvgg_a0 (3 seeds) |" in text
+    assert "| fp32 | 99.0 [98.0–100.0] | 97.0 [97.0–97.0] |" in text
+    assert "| PTQ minmax/per_tensor | 89.0 [88.0–90.0] | 97.0 [97.0–97.0] |" in text
+
+
+def test_drop_layers_and_speed_tables() -> None:
+    record = _record()
+    assert "| minmax/per_tensor | +10.00 | +0.00 |" in quant_study.render_drop(record)
+    assert (
+        "| repvgg_a0 | 0 | features.9 | 12.5 | 80 | 3.0 | weights |"
+        in quant_study.render_layers(record)
+    )
+    assert "| 1 | 50.0 | 20.0 | 0.40x |" in quant_study.render_speed(record)
+
+
+@pytest.mark.slow
+def test_one_run_is_studied_end_to_end(tmp_path: Path) -> None:
+    run_dir = tmp_path / "0_repvgg_a0_seed0"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"model": {"model_name": "repvgg_a0"}, "seed": 0})
+    )
+    net = trained_like("repvgg_a0", 0, num_classes=10)
+    hparams = {"model_name": "repvgg_a0", "num_classes": 10, "input_size": 16}
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": hparams,
+            "pytorch-lightning_version": "2.6",
+        },
+        run_dir / "checkpoints" / "last.ckpt",
+    )
+    results = quant_study.run(tmp_path, speed=False)
+    (row,) = results["runs"]
+    assert row["model"] == "repvgg_a0" and row["seed"] == 0
+    assert set(row["ptq"]) == {
+        "fp32",
+        *(quant_study._variant(m, pc) for m, pc in quant_study.VARIANTS),
+    }
+    assert all(0.0 <= v["acc"] <= 1.0 for v in row["ptq"].values())
+    assert (
+        len(row["worst_layers"]) == 3
+        and row["worst_layers"][0]["sqnr_db"] <= row["worst_layers"][1]["sqnr_db"]
+    )
+    assert 0.0 <= row["qat"]["acc"] <= 1.0
