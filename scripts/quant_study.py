@@ -1,7 +1,7 @@
 """The int8 study over a `python train.py -m sweep=quant` folder (docs/quantization.md).
 
-    python scripts/quant_study.py outputs/quant/<time> --results docs/results/quant_study.json
-    python scripts/render_docs.py     # re-render the docs' blocks from the results file"""
+python scripts/quant_study.py outputs/quant/<time> --results docs/results/quant_study.json
+python scripts/render_docs.py     # re-render the docs' blocks from the results file"""
 
 from __future__ import annotations
 

@@ -15,6 +15,9 @@ VARIANT_LABELS = {
     "onnxruntime": "plain, ONNX Runtime",
 }
 BASELINE = "eager_plain"
+# The plain net quantized to int8 in ONNX Runtime: timed in the same rounds, compared with
+# fp32 ONNX Runtime (not a contender of the fp32 table: it computes something else).
+INT8 = "onnxruntime_int8"
 CONVERTERS = ("ours", "timm")
 MATMUL_LIBRARIES = ("torch", "onnxruntime")
 
@@ -71,6 +74,11 @@ def ratio_key(model: str, batch: int, runtime: str) -> str:
     return batch_key(model, batch, f"{runtime}_over_{BASELINE}")
 
 
+def int8_ratio_key(model: str, batch: int) -> str:
+    """Paired median ratio of int8 ONNX Runtime's time to fp32 ONNX Runtime's."""
+    return batch_key(model, batch, f"{INT8}_over_onnxruntime")
+
+
 def matmul_key(library: str, n: int) -> str:
     """GFLOP/s of one library's n x n fp32 matmul."""
     return f"peak/matmul_fp32/{library}_n{n}_gflops"
@@ -120,4 +128,9 @@ TARGETS = (
         0.7,
     ),
     ("Lightning loop / bare loop, time per step", train_key("lightning_overhead"), 1.05),
+    (
+        "plain repvgg_a0 at batch 8, ONNX Runtime int8 / fp32",
+        int8_ratio_key("repvgg_a0", 8),
+        0.5,
+    ),
 )

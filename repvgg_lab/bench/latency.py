@@ -130,10 +130,14 @@ def _bench_batch(
         reference = nets["multibranch"](x)
         gap = max(rel_max(reference, torch.as_tensor(fn())) for fn in fns.values())
     run.metrics[k.batch_key(name, batch, "max_rel_diff")] = gap
+    if nets.get("onnx_int8") is not None:
+        fns[k.INT8] = functools.partial(nets["onnx_int8"].run_numpy, x.numpy())
     log.info("latency: %s b%d: timing %s", name, batch, ", ".join(fns))
     with run.window(k.latency_window(name, batch)), torch.inference_mode():
         results = measure_latency(fns, rounds=s.latency_rounds, warmup=s.latency_warmup)
     _record_latency(name, batch, results, nets["gmacs"], run)
+    if k.INT8 in results:
+        run.metrics[k.int8_ratio_key(name, batch)] = paired_ratio(results, k.INT8, "onnxruntime")
 
 
 def bench_latency_model(name: str, s: Settings, run: Run, workdir: Path) -> None:
@@ -154,12 +158,25 @@ def bench_latency_model(name: str, s: Settings, run: Run, workdir: Path) -> None
         "plain": plain,
         "plain_cl": copy.deepcopy(plain).to(memory_format=torch.channels_last),
         "onnx": OnnxRunner(onnx_path, threads=torch.get_num_threads()),
+        "onnx_int8": _int8_runner(onnx_path, s) if name in s.int8_models else None,
         "gmacs": gmacs,
     }
     gen = torch.Generator().manual_seed(0)
     for batch in s.batches:
         x = torch.randn(batch, 3, s.size, s.size, generator=gen)
         _bench_batch(name, batch, nets, x, s, run)
+
+
+def _int8_runner(onnx_path: Path, s: Settings) -> OnnxRunner:
+    """The exported plain net quantized to int8 (QDQ, per-channel weights) in ONNX Runtime;
+    random calibration images: speed does not depend on the ranges."""
+    from repvgg_lab.quant import QuantOptions
+    from repvgg_lab.quant.ptq import quantize_onnx
+
+    int8_path = onnx_path.with_suffix(".int8.onnx")
+    images = torch.randn(8, 3, s.size, s.size, generator=torch.Generator().manual_seed(1))
+    quantize_onnx(onnx_path, int8_path, images, QuantOptions(calibration_batches=2))
+    return OnnxRunner(int8_path, threads=torch.get_num_threads())
 
 
 def _onnx_matmul(b: torch.Tensor, threads: int) -> Callable[[Any], Any]:

@@ -23,6 +23,7 @@ class Settings:
     # Inductor's CPU inference setting: weights become constants, so convolutions get their
     # weights pre-packed once (eager PyTorch re-lays them out on every call).
     compile_freezing: bool = True
+    int8_models: tuple[str, ...] = ("repvgg_a0",)  # also timed quantized (ONNX Runtime int8)
     matmul_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
     train_model: str = "repvgg_a0"
     train_size: int = 32
