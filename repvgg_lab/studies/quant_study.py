@@ -19,10 +19,11 @@ import yaml
 from repvgg_lab.data import DigitsDataModule
 from repvgg_lab.deploy import load_source
 from repvgg_lab.deploy.export import export_onnx
-from repvgg_lab.models import create_model, reparameterize
+from repvgg_lab.models import create_model, list_models, reparameterize
 from repvgg_lab.quant import QuantOptions, int8_deploy, int8_latency, layer_report, qat_finetune
 from repvgg_lab.quant.ptq import quantize_onnx
 from repvgg_lab.results import markdown_table
+from repvgg_lab.utils import count_params
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ METHODS = ("minmax", "percentile", "entropy")
 VARIANTS = [(m, pc) for m in METHODS for pc in (True, False)]
 CALIBRATION_BATCHES = 16
 QAT_EPOCHS = 2
+FORMS = ("train", "deploy")
 
 
 def _variant(method: str, per_channel: bool) -> str:
@@ -123,12 +125,27 @@ def int8_speed(size: int = 224, batches: tuple[int, ...] = (1, 8), rounds: int =
         return int8_latency(fp32, int8, size, batches, rounds=rounds, warmup=2)
 
 
+def param_counts() -> dict[str, dict[str, int]]:
+    """Train- and deploy-form parameter counts of every QARepVGG variant (1000 classes)."""
+    names = [n for n in list_models() if n.startswith("qarepvgg_")]
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        return {
+            n: {form: count_params(create_model(n, deploy=form == "deploy")) for form in FORMS}
+            for n in names
+        }
+
+
 def run(sweep_dir: Path, speed: bool = True) -> dict[str, Any]:
-    """Every run under `sweep_dir` (folders with a checkpoint), then the speed measurement."""
+    """Every run under `sweep_dir` (folders with a checkpoint), then the speed measurement
+    and the QARepVGG parameter counts."""
     runs = sorted(p.parent.parent for p in sweep_dir.glob("*/checkpoints/last.ckpt"))
     if not runs:
         raise FileNotFoundError(f"{sweep_dir}: no run folder with checkpoints/last.ckpt")
-    return {"runs": [study_run(r) for r in runs], "speed": int8_speed() if speed else {}}
+    return {
+        "runs": [study_run(r) for r in runs],
+        "speed": int8_speed() if speed else {},
+        "params": param_counts(),
+    }
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -214,3 +231,10 @@ def render_speed(record: dict[str, Any]) -> str:
     threads = record["machine"]["threads"]
     lines = markdown_table(["batch", "fp32 ms", "int8 ms", "int8 / fp32"], rows)
     return "\n".join([*lines, "", f"{record['machine']['cpu']}, {threads} threads."])
+
+
+def render_params(record: dict[str, Any]) -> str:
+    """QARepVGG parameter counts, train and deploy form (1000 classes)."""
+    params = record["results"]["params"]
+    rows = [[n, f"{p['train']:,}", f"{p['deploy']:,}"] for n, p in params.items()]
+    return "\n".join(markdown_table(["model", "train form", "deploy form"], rows))

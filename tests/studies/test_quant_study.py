@@ -41,7 +41,9 @@ def _record() -> dict:
         "quant/latency/b1/int8_ms": 20.0,
         "quant/latency/b1/int8_over_fp32": 0.4,
     }
-    return {"results": {"runs": runs, "speed": speed}, "machine": {"cpu": "cpu", "threads": 2}}
+    params = {"qarepvgg_a0": {"train": 9103304, "deploy": 8309384}}
+    results = {"runs": runs, "speed": speed, "params": params}
+    return {"results": results, "machine": {"cpu": "cpu", "threads": 2}}
 
 
 def test_accuracy_table_gives_median_and_spread_per_model() -> None:
@@ -59,6 +61,17 @@ def test_drop_layers_and_speed_tables() -> None:
         in quant_study.render_layers(record)
     )
     assert "| 1 | 50.0 | 20.0 | 0.40x |" in quant_study.render_speed(record)
+    assert "| qarepvgg_a0 | 9,103,304 | 8,309,384 |" in quant_study.render_params(record)
+
+
+def test_parameter_counts_match_the_models_and_the_deploy_form_equals_repvgg() -> None:
+    from repvgg_lab.models import create_model
+    from repvgg_lab.utils import count_params
+
+    counts = quant_study.param_counts()
+    assert len(counts) == 13
+    assert counts["qarepvgg_a0"]["deploy"] == count_params(create_model("repvgg_a0", deploy=True))
+    assert counts["qarepvgg_a0"]["train"] == count_params(create_model("qarepvgg_a0"))
 
 
 @pytest.mark.slow
