@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", default=None, help="write the results file here")
     parser.add_argument(
-        "--render", action="store_true", help="only re-render the doc blocks from the committed file"
+        "--render",
+        action="store_true",
+        help="only re-render the doc blocks from the committed file",
     )
     args = parser.parse_args(argv)
     unknown = [c for c in args.cases if c not in cases]

@@ -1,7 +1,7 @@
 """Turn a gamma-drift sweep (`python train.py -m sweep=gamma_drift`) into a table and plots.
 
     python scripts/drift_report.py outputs/gamma_drift/<time>
-    python scripts/drift_report.py outputs/gamma_drift/<time> --results docs/results/gamma_sweep.json
+    python scripts/drift_report.py SWEEP_DIR --results docs/results/gamma_sweep.json
     python scripts/drift_report.py --render       # re-render docs/precision.md's sweep block
 
 Every run folder under SWEEP_DIR that holds a `metrics.json` becomes one row of

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write all numbers to this results file")
     parser.add_argument("--results", default=None, help="same as --json (docs/results/...)")
     parser.add_argument(
-        "--render", action="store_true", help="only re-render the doc blocks from the committed file"
+        "--render",
+        action="store_true",
+        help="only re-render the doc blocks from the committed file",
     )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models) - set(rmnet_cost.MODELS))

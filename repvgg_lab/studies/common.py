@@ -35,6 +35,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "s": str,
     "e": lambda v: f"{v:.2e}",
     "e1": lambda v: f"{v:.1e}",
+    "f1": lambda v: f"{v:.1f}",
     "f2": lambda v: f"{v:.2f}",
     "f3": lambda v: f"{v:.3f}",
     "x": lambda v: f"{v:.2f}x",
@@ -76,7 +77,10 @@ def results_path(name: str) -> Path:
 
 
 def save_results(
-    path: str | Path, results: dict[str, Any], command: str | None = None, threads: int | None = None
+    path: str | Path,
+    results: dict[str, Any],
+    command: str | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Write a results file; when it is a committed one, re-render the doc blocks it feeds."""
     path = write_results(path, results, command=command, threads=threads)

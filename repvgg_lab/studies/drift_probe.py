@@ -320,7 +320,11 @@ def case_rmnet(s: Settings) -> dict[str, Any]:
     ]
     report = measure_drift(net, plain, x)
     notes = [
-        ["reserved channels bit-exact (torch.equal) in the fold-first net", str(torch.equal(reserved, inp)), "s"],
+        [
+            "reserved channels bit-exact (torch.equal) in the fold-first net",
+            str(torch.equal(reserved, inp)),
+            "s",
+        ],
         ["whole net, fold-first plain vs fp64", report.deploy_rel_max, "e"],
         ["whole net, multi-branch fp32 vs fp64", report.train_rel_max, "e"],
     ]

@@ -151,7 +151,11 @@ def figure_blocks(rows: Rows, blocks: dict[str, dict]) -> plt.Figure:
     for i, dtype in enumerate(dtypes):
         for j, phase in enumerate(("init", "trained")):
             ax = axes[i][j]
-            parts = ("drift", "init" if phase == "init" else "", "" if dtype == "float32" else dtype)
+            parts = (
+                "drift",
+                "init" if phase == "init" else "",
+                "" if dtype == "float32" else dtype,
+            )
             _blocks_panel(ax, rows, blocks, "/".join(p for p in parts if p))
             eps = EPS.get(dtype, EPS["float32"])
             ax.axhline(eps, color="grey", ls="-.", lw=0.8, label=f"{dtype} epsilon")
@@ -169,7 +173,10 @@ def figure_blocks(rows: Rows, blocks: dict[str, dict]) -> plt.Figure:
 def save_plots(rows: Rows, blocks: dict[str, dict], folder: Path) -> list[Path]:
     """Write both plots into `folder`."""
     paths = []
-    for fig, name in ((figure_vs_gamma(rows), PLOT_GAMMA), (figure_blocks(rows, blocks), PLOT_BLOCKS)):
+    for fig, name in (
+        (figure_vs_gamma(rows), PLOT_GAMMA),
+        (figure_blocks(rows, blocks), PLOT_BLOCKS),
+    ):
         fig.savefig(folder / name, dpi=110)
         plt.close(fig)
         paths.append(folder / name)

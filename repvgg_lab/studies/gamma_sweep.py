@@ -148,7 +148,9 @@ def _read_json(path: Path, what: str) -> dict | None:
 
 def _row(sweep_dir: Path, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"run": str(run_dir.relative_to(sweep_dir)), **run_settings(run_dir)}
-    row.update({k: float(v) for k, v in metrics.items() if k.startswith("drift/") and v is not None})
+    row.update(
+        {k: float(v) for k, v in metrics.items() if k.startswith("drift/") and v is not None}
+    )
     return row
 
 
@@ -166,7 +168,9 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[str, dict]
             continue
         row = _row(sweep_dir, run_dir, metrics)
         blocks_path = run_dir / "drift_blocks.json"
-        run_blocks = (_read_json(blocks_path, "per-block numbers") or {}) if blocks_path.is_file() else {}
+        run_blocks = (
+            (_read_json(blocks_path, "per-block numbers") or {}) if blocks_path.is_file() else {}
+        )
         row.update(_block_summary(run_blocks))
         row["underflow"] = ";".join(underflowed(row))
         row["zero_drift"] = ";".join(zero_drift(row))
@@ -238,7 +242,9 @@ def summary(rows: list[dict[str, Any]]) -> str:
     md = render_table(record)
     lines = [[c.strip() for c in line.strip("|").split("|")] for line in [md[0], *md[2:]]]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
+    return "\n".join(
+        "  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines
+    )
 
 
 def results(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -86,7 +86,11 @@ def forms(name: str, device: str = "cpu", with_rmnet_form: bool = True) -> dict[
             source = create_model(name).eval()
     else:
         source = trained_like(name, 0, inputs=images(2, 224)).to(device)
-    out = {"source": source, "bnfold": fold_bn_keep_residual(source), "plain": reparameterize(source)}
+    out = {
+        "source": source,
+        "bnfold": fold_bn_keep_residual(source),
+        "plain": reparameterize(source),
+    }
     if with_rmnet_form and name in RMNET_FORM:
         out["rmnet"] = source.to_plain(**RMNET_FORM[name])
     return out
@@ -205,7 +209,11 @@ def render_drift(record: dict[str, Any]) -> str:
         )
     if not rows:
         return "Conversion error not measured in this results file (`--drift`)."
-    columns = [("model", "s"), ("float64: plain vs source", "e1"), ("fp32: source vs float64", "e1")]
+    columns = [
+        ("model", "s"),
+        ("float64: plain vs source", "e1"),
+        ("fp32: source vs float64", "e1"),
+    ]
     columns += [("fp32: plain vs float64", "e1"), ("plain / source (fp32)", "f2")]
     columns += [("no cap at 6 (RMNet's PReLU form), float64", "f2")]
     seeds = len(next(e["drift"] for e in res["models"].values() if e.get("drift")))
