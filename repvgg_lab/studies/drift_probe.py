@@ -142,7 +142,9 @@ def _kernel_errors(net: nn.Module, theirs: nn.Module, ours: nn.Module) -> list[l
             with torch.no_grad():
                 k64, _ = block.get_equivalent_kernel_bias(dtype=torch.float64)
             k32 = theirs_blocks[name].reparam_conv.weight.detach()
-            errors.append([rel_max(k64, k32), rel_max(k64, ours_blocks[name].reparam_conv.weight)])
+            errors.append(
+                [rel_max(k64, k32), rel_max(k64, ours_blocks[name].reparam_conv.weight.detach())]
+            )
     return errors
 
 
