@@ -17,22 +17,17 @@ Cases (default: all, in this order; see repvgg_lab/studies/drift_probe.py):
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
 import torch
 
-from repvgg_lab.results import read_results
 from repvgg_lab.studies import drift_probe
-from repvgg_lab.studies.common import render_docs, results_path, save_results
+from repvgg_lab.studies.common import rendered, save_results, setup_logging, study_parser
 from repvgg_lab.utils import torch_threads
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = study_parser(__doc__, "drift_probe.json")
     cases = list(drift_probe.CASES)
     parser.add_argument("cases", nargs="*", metavar="case", help=f"any of {', '.join(cases)}")
     parser.add_argument("--model", default="repvgg_b2g4", help="fusion/bf16/tf32/underflow net")
@@ -44,12 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads (1: steady on a shared machine)"
     )
-    parser.add_argument("--results", default=None, help="write the results file here")
-    parser.add_argument(
-        "--render",
-        action="store_true",
-        help="only re-render the doc blocks from the committed file",
-    )
     args = parser.parse_args(argv)
     unknown = [c for c in args.cases if c not in cases]
     if unknown:
@@ -57,10 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     if args.render:
-        render_docs("drift_probe.json")
-        record = read_results(results_path("drift_probe"))
+        record = rendered("drift_probe.json")
     else:
         settings = drift_probe.Settings(
             args.model, args.size, args.batch, args.seed, args.seeds, args.device

@@ -16,14 +16,12 @@ drift is an artefact of values fp32 cannot hold, not a property of the conversio
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
-from repvgg_lab.results import read_results
 from repvgg_lab.studies import gamma_sweep
-from repvgg_lab.studies.common import render_docs, results_path, save_results
+from repvgg_lab.studies.common import rendered, save_results, setup_logging, study_parser
 from repvgg_lab.studies.gamma_plots import save_plots
 
 UNDERFLOW = (
@@ -38,19 +36,14 @@ ZERO = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = study_parser(__doc__, "gamma_sweep.json")
     parser.add_argument(
         "sweep_dir", type=Path, nargs="?", help="the multirun folder (hydra.sweep.dir)"
     )
-    parser.add_argument("--results", default=None, help="write the summary as a results file")
-    parser.add_argument(
-        "--render", action="store_true", help="only re-render the doc block from the committed file"
-    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    setup_logging(logging.WARNING)
     if args.render:
-        render_docs("gamma_sweep.json")
-        print(gamma_sweep.render_summary(read_results(results_path("gamma_sweep"))))
+        print(gamma_sweep.render_summary(rendered("gamma_sweep.json")))
         return 0
     if args.sweep_dir is None:
         parser.error("give the sweep folder (or --render)")

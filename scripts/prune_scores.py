@@ -13,35 +13,28 @@ block of docs/pruning.md from the committed one).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
-from repvgg_lab.results import read_results
 from repvgg_lab.studies import prune_scores
-from repvgg_lab.studies.common import render_docs, results_path, save_results
+from repvgg_lab.studies.common import rendered, save_results, setup_logging, study_parser
 from repvgg_lab.utils import torch_threads
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = study_parser(__doc__, "prune_scores.json")
     p.add_argument("plain", type=Path, nargs="?", help="plain.safetensors of a digits run")
     p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5])
     p.add_argument("--calibration-batches", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="JSON rows (optional)")
-    p.add_argument("--results", type=Path, default=None, help="results file (optional)")
-    p.add_argument(
-        "--render", action="store_true", help="only re-render the doc block from the committed file"
-    )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(logging.WARNING)
     if args.render:
-        render_docs("prune_scores.json")
-        print(prune_scores.render(read_results(results_path("prune_scores"))))
+        print(prune_scores.render(rendered("prune_scores.json")))
         return 0
     if args.plain is None:
         p.error("give the plain.safetensors of a digits run (or --render)")

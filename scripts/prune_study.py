@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from pathlib import Path
 
 from repvgg_lab.results import read_results
 from repvgg_lab.studies import prune_study
-from repvgg_lab.studies.common import ROOT, render_docs, results_path, save_results
+from repvgg_lab.studies.common import ROOT, rendered, save_results, setup_logging, study_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = study_parser(__doc__, "prune_study.json")
     d = prune_study.Settings()
     p.add_argument("--quick", action="store_true", help="1 seed, 3+1 epochs, targets 0 and 0.3")
     p.add_argument("--seeds", type=int, nargs="+", default=d.seeds)
@@ -43,8 +42,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (all steps)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "prune_study")
     p.add_argument("--report-only", action="store_true", help="rebuild table.md from --out")
-    p.add_argument("--results", type=Path, default=None, help="also write this results file")
-    p.add_argument("--render", action="store_true", help="only re-render the doc blocks")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.finetune_epochs = args.seeds[:1], 3, 1
@@ -64,11 +61,10 @@ def table_md(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     path = args.out / "results.json"
     if args.render:
-        render_docs("prune_study.json")
-        record = read_results(results_path("prune_study"))
+        record = rendered("prune_study.json")
     elif args.report_only:
         if not path.is_file():
             print(f"error: {path}: no results to report (run the study first)", file=sys.stderr)

@@ -16,20 +16,15 @@ interleaved rounds (`repvgg_lab.utils.measure_latency`); ratios are paired per r
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from repvgg_lab.results import read_results
 from repvgg_lab.studies import rmnet_cost
-from repvgg_lab.studies.common import render_docs, results_path, save_results
+from repvgg_lab.studies.common import rendered, save_results, setup_logging, study_parser
 from repvgg_lab.utils import torch_threads
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = study_parser(__doc__, "rmnet_cost.json")
     parser.add_argument("--models", nargs="+", default=rmnet_cost.MODELS)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -45,20 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also time RMNet's layout (ResNet-50 dense: ~1 GB, ~0.5 s a run)",
     )
     parser.add_argument("--json", default=None, help="write all numbers to this results file")
-    parser.add_argument("--results", default=None, help="same as --json (docs/results/...)")
-    parser.add_argument(
-        "--render",
-        action="store_true",
-        help="only re-render the doc blocks from the committed file",
-    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models) - set(rmnet_cost.MODELS))
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(rmnet_cost.MODELS)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     if args.render:
-        render_docs("rmnet_cost.json")
-        record = read_results(results_path("rmnet_cost"))
+        record = rendered("rmnet_cost.json")
     else:
         with torch_threads(args.threads):
             results = rmnet_cost.run(

@@ -3,6 +3,7 @@ generated doc blocks they feed."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -110,3 +111,33 @@ def render_docs(results_file: str, docs_dir: Path = DOCS_DIR) -> list[Path]:
             changed.append(doc)
             log.info("re-rendered %s", doc)
     return changed
+
+
+def study_parser(doc: str, results_file: str) -> argparse.ArgumentParser:
+    """A study's command line: its docstring as help, plus --results and --render."""
+    parser = argparse.ArgumentParser(
+        description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"write a results file (docs/results/{results_file})",
+    )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help=f"only re-render the doc blocks from the committed docs/results/{results_file}",
+    )
+    return parser
+
+
+def rendered(results_file: str) -> dict[str, Any]:
+    """Re-render the doc blocks fed by a committed results file; return its record."""
+    render_docs(results_file)
+    return read_results(RESULTS_DIR / results_file)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log lines with time and source on stderr (the command lines' default)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
