@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         record = rendered("prune_study.json")
     elif args.report_only:
-        if not path.is_file():
-            print(f"error: {path}: no results to report (run the study first)", file=sys.stderr)
+        record = read_results(path) if path.is_file() else {}
+        if "results" not in record:
+            print(f"error: {path}: no results record (run the study first)", file=sys.stderr)
             return 2
-        record = read_results(path)
     else:
         fields = {f.name for f in dataclasses.fields(prune_study.Settings)}
         settings = prune_study.Settings(**{k: v for k, v in vars(args).items() if k in fields})

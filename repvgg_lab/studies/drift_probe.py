@@ -351,6 +351,7 @@ def render_case(name: str) -> Callable[[dict[str, Any]], str]:
     """The renderer of one case's doc block: its title, table and notes."""
 
     def render(record: dict[str, Any]) -> str:
+        """The block of this case."""
         result = record["results"]["cases"].get(name)
         if result is None:
             return f"Case `{name}` not measured in this results file."

@@ -59,6 +59,7 @@ def run(
     images, _ = dm.fixed_batch("train", calibration_batches * batch_size)
 
     def accuracy(model: torch.nn.Module) -> list[float]:
+        """Test and validation accuracy."""
         return [
             evaluate(model, dm.test_dataloader())["acc"],
             evaluate(model, dm.val_dataloader())["acc"],

@@ -297,6 +297,7 @@ def render_acceptance(record: dict[str, Any]) -> str:
         return "Acceptance not checked: no target of at least 30 % in this run."
 
     def verdict(ok: bool) -> str:
+        """One split's verdict."""
         return "met" if ok else "MISSED"
 
     return (
