@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from repvgg_lab.results import (
-    generated_blocks,
     markdown_table,
     read_results,
     replace_generated,
@@ -104,7 +103,8 @@ def render_docs(results_file: str, docs_dir: Path = DOCS_DIR) -> list[Path]:
         text = doc.read_text(encoding="utf-8")
         new = text
         for key in keys:
-            if key in generated_blocks(new):
+            # Only docs holding this block are touched: others may hold blocks of other tools.
+            if f"<!-- BEGIN GENERATED: {key} -->" in new:
                 new = replace_generated(new, key, DOC_BLOCKS[key][1](record))
         if new != text:
             doc.write_text(new, encoding="utf-8")

@@ -173,14 +173,22 @@ def run(
 
 # --- doc blocks --------------------------------------------------------------------------------
 
+FORMS = ("source", "bnfold", "plain", "rmnet")
+
+
+def _ordered(mapping: dict[str, Any], order: tuple[str, ...] | list[str]) -> list[tuple[str, Any]]:
+    """Items in `order` first, then the rest by name (results files store keys sorted)."""
+    rank = {key: i for i, key in enumerate(order)}
+    return sorted(mapping.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
 
 def render_cost(record: dict[str, Any]) -> str:
     """The cost table: counts of every form and their ratios to bnfold."""
     res = record["results"]
     rows = []
-    for name, entry in res["models"].items():
+    for name, entry in _ordered(res["models"], MODELS):
         base = entry["cost"]["bnfold"]
-        for form, c in entry["cost"].items():
+        for form, c in _ordered(entry["cost"], FORMS):
             rows.append(
                 [LABELS.get(name, name), form, c["params"] / 1e6, c["conv_params"] / 1e6]
                 + [c["macs"] / 1e9, c["convs"], c["params"] / base["params"]]
@@ -197,7 +205,7 @@ def render_drift(record: dict[str, Any]) -> str:
     """The conversion-error table: worst over seeds of each comparison."""
     res = record["results"]
     rows = []
-    for name, entry in res["models"].items():
+    for name, entry in _ordered(res["models"], MODELS):
         runs = entry.get("drift")
         if not runs:
             continue
@@ -224,17 +232,16 @@ def render_drift(record: dict[str, Any]) -> str:
 def render_latency(record: dict[str, Any]) -> str:
     """The latency table: paired ratios to bnfold, bnfold's median ms and the load average."""
     res = record["results"]
-    forms_ = ["source", "bnfold", "plain", "rmnet"]
     rows = []
-    for name, entry in res["models"].items():
-        for batch, lat in entry.get("latency", {}).items():
-            ratios = [lat["ratio"].get(f) for f in forms_]
+    for name, entry in _ordered(res["models"], MODELS):
+        for batch, lat in sorted(entry.get("latency", {}).items(), key=lambda kv: int(kv[0])):
+            ratios = [lat["ratio"].get(f) for f in FORMS]
             rows.append(
                 [LABELS.get(name, name), batch, *ratios, lat["median_ms"]["bnfold"], lat["load"]]
             )
     if not rows:
         return "Latency not measured in this results file."
-    columns = [("model", "s"), ("batch", "s")] + [(f"{f} x", "f2") for f in forms_]
+    columns = [("model", "s"), ("batch", "s")] + [(f"{f} x", "f2") for f in FORMS]
     columns += [("bnfold ms", "f2"), ("load avg before / after", "loads")]
     threads = record["machine"]["threads"]
     note = (
