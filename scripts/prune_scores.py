@@ -6,92 +6,51 @@
 Prunes the plain net to each MAC target with each channel score, without and with recalibration
 on fixed training images (`prune.calibration_batches`, docs/pruning.md section 3a), and prints
 the test and validation accuracy of each pruned net, untouched by fine-tuning, as a markdown
-table (also written to --out as JSON).
+table (also written to --out as JSON; --results writes a results file, e.g.
+docs/results/prune_scores.json, with the command, date and machine; --render re-renders the
+block of docs/pruning.md from the committed one).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from repvgg_lab.data import DigitsDataModule
-from repvgg_lab.deploy import load_source
-from repvgg_lab.lit.evaluate import evaluate
-from repvgg_lab.prune.channels import prune_net
-
-# (label, score, normalize, recalibrated)
-CRITERIA = [
-    ("l2", "l2", False, False),
-    ("l2 + recalibration", "l2", False, True),
-    ("l2_next, normalized", "l2_next", True, False),
-    ("l2_next, normalized + recalibration", "l2_next", True, True),
-]
+from repvgg_lab.studies import prune_scores
+from repvgg_lab.studies.common import rendered, save_results, setup_logging, study_parser
+from repvgg_lab.utils import torch_threads
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("plain", type=Path, help="plain.safetensors of a digits run")
+    p = study_parser(__doc__, "prune_scores.json")
+    p.add_argument("plain", type=Path, nargs="?", help="plain.safetensors of a digits run")
     p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5])
     p.add_argument("--calibration-batches", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=None, help="JSON results (optional)")
+    p.add_argument("--out", type=Path, default=None, help="JSON rows (optional)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    src = load_source(args.plain)
-    net = src.plain.eval()
-    size = src.input_size or 32
-    dm = DigitsDataModule(img_size=size, batch_size=args.batch_size, in_channels=src.in_channels)
-    dm.setup()
-    images, _ = dm.fixed_batch("train", args.calibration_batches * args.batch_size)
-
-    def accuracy(model: torch.nn.Module) -> tuple[float, float]:
-        test = evaluate(model, dm.test_dataloader())["acc"]
-        return test, evaluate(model, dm.val_dataloader())["acc"]
-
-    rows = [{"criterion": "unpruned", "target": 0.0, "macs_cut": 0.0, "acc": accuracy(net)}]
-    for target in args.targets:
-        for label, score, normalize, calibrated in CRITERIA:
-            pruned, info = prune_net(
-                net,
-                size,
-                macs_reduction=target,
-                score=score,
-                normalize=normalize,
-                batches=images.split(args.batch_size) if calibrated else None,
-            )
-            cut = 1 - info["prune/macs_after"] / info["prune/macs_before"]
-            rows.append(
-                {
-                    "criterion": label,
-                    "target": target,
-                    "macs_cut": cut,
-                    "recalibrated": info["recalibrated"],
-                    "acc": accuracy(pruned),
-                }
-            )
-    lines = [
-        f"`{args.plain}`, {size}×{size}, calibration: {len(images)} training images; "
-        "no fine-tuning.",
-        "",
-        "| criterion | MAC cut | test acc | val acc |",
-        "|---|---|---|---|",
-    ]
-    for r in rows:
-        cells = [
-            r["criterion"],
-            f"{100 * r['macs_cut']:.1f} %",
-            *(f"{100 * a:.1f}" for a in r["acc"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    sys.stdout.write("\n".join(lines) + "\n")
+    setup_logging(logging.WARNING)
+    if args.render:
+        print(prune_scores.render(rendered("prune_scores.json")))
+        return 0
+    if args.plain is None:
+        p.error("give the plain.safetensors of a digits run (or --render)")
+    if not args.plain.is_file():
+        p.error(f"{args.plain}: no such file")
+    if any(not 0.0 < t < 1.0 for t in args.targets):
+        p.error(f"--targets must lie in (0, 1), got {args.targets}")
+    with torch_threads(args.threads):
+        results = prune_scores.run(
+            args.plain, args.targets, args.calibration_batches, args.batch_size
+        )
+    print(prune_scores.render({"results": results}))
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        args.out.write_text(json.dumps(results["rows"], indent=2) + "\n")
+    if args.results:
+        save_results(args.results, results, threads=args.threads)
     return 0
 
 

@@ -1,1 +1,28 @@
-"""Studies behind the docs: drift, the gamma sweep, pruning and RMNet cost."""
+"""Studies behind the docs: drift, the gamma sweep, pruning and RMNet cost.
+
+`DOC_BLOCKS` maps every generated block in docs/ to the results file under docs/results/ it is
+rendered from and its renderer (the whole record, as `repvgg_lab.results.read_results` reads it,
+to the block's Markdown body)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from repvgg_lab.studies import drift_probe, gamma_sweep, prune_scores, prune_study, rmnet_cost
+
+DOC_BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "rmnet_cost": ("rmnet_cost.json", rmnet_cost.render_cost),
+    "rmnet_drift": ("rmnet_cost.json", rmnet_cost.render_drift),
+    "rmnet_latency": ("rmnet_cost.json", rmnet_cost.render_latency),
+    **{
+        f"drift_probe_{name}": ("drift_probe.json", drift_probe.render_case(name))
+        for name in drift_probe.CASES
+    },
+    "gamma_sweep": ("gamma_sweep.json", gamma_sweep.render_summary),
+    "prune_scores": ("prune_scores.json", prune_scores.render),
+    "prune_study_accuracy": ("prune_study.json", prune_study.render_accuracy),
+    "prune_study_cost": ("prune_study.json", prune_study.render_cost),
+    "prune_study_acceptance": ("prune_study.json", prune_study.render_acceptance),
+}
+
+__all__ = ["DOC_BLOCKS"]

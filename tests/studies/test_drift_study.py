@@ -1,8 +1,10 @@
 """The gamma-drift study: init schemes on every branch BN, TF32 as a drift mode, the sweep config
-run as a real multirun, and scripts/drift_report.py on real and synthetic sweeps."""
+run as a real multirun, and the sweep report (repvgg_lab.studies.gamma_sweep / gamma_plots,
+scripts/drift_report.py) on real and synthetic sweeps."""
 
 import csv
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -15,14 +17,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from repvgg_lab import create_model
 from repvgg_lab.lit.callbacks import Reparameterize
+from repvgg_lab.results import read_results
+from repvgg_lab.studies import gamma_plots, gamma_sweep
 from repvgg_lab.utils import tf32
 from tests.helpers.cli import load_script, run_script
 from tests.helpers.contract import DRIFT_METRICS
 from tests.helpers.wandb_records import records, summary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DESIGN_NAMES = [name.removeprefix("drift/") for name in DRIFT_METRICS]
-
 
 drift_report = load_script("drift_report")
 
@@ -194,7 +197,7 @@ def _assert_png(path: Path) -> None:
         assert image.size[0] > 400 and image.size[1] > 300
 
 
-def test_report_on_synthetic_runs_writes_table_plots_and_flags(synthetic_sweep, capsys):
+def test_report_on_synthetic_runs_writes_table_plots_and_flags(synthetic_sweep, capsys, caplog):
     assert drift_report.main([str(synthetic_sweep)]) == 0
     header, rows = _read_csv(synthetic_sweep / "drift_table.csv")
     assert header[:6] == ["run", "init", "gamma", "seed", "underflow", "zero_drift"]
@@ -229,14 +232,14 @@ def test_report_on_synthetic_runs_writes_table_plots_and_flags(synthetic_sweep, 
     for name in ("drift_vs_gamma.png", "drift_blocks.png"):
         _assert_png(synthetic_sweep / name)
     out, err = capsys.readouterr()
-    assert "9_dead" in err and "no metrics.json" in err
+    assert "9_dead" in caplog.text and "no metrics.json" in caplog.text
     assert err.count("underflow in drift/init") == 2
     assert "0.01" in out and "drift/init" in out
 
 
 def test_report_plot_rings_the_underflowed_points(synthetic_sweep):
-    rows, _ = drift_report.collect_runs(synthetic_sweep)
-    fig = drift_report.figure_vs_gamma(rows)
+    rows, _ = gamma_sweep.collect_runs(synthetic_sweep)
+    fig = gamma_plots.figure_vs_gamma(rows)
     ringed = {}
     for ax in fig.axes:
         for artist in ax.collections:
@@ -247,7 +250,7 @@ def test_report_plot_rings_the_underflowed_points(synthetic_sweep):
 
 def test_report_orders_blocks_in_network_order():
     names = ["stages.1.0", "stem", "stages.0.10", "stages.0.2"]
-    ordered = sorted(names, key=drift_report.block_order)
+    ordered = sorted(names, key=gamma_sweep.block_order)
     assert ordered == ["stem", "stages.0.2", "stages.0.10", "stages.1.0"]
 
 
@@ -256,7 +259,7 @@ def test_report_reads_gamma_and_seed_from_overrides_when_config_lacks_them(tmp_p
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- init.gamma=0.1\n- seed=7\n")
     (run / "metrics.json").write_text(json.dumps(_metrics(0.1, 7)))
-    rows, blocks = drift_report.collect_runs(tmp_path)
+    rows, blocks = gamma_sweep.collect_runs(tmp_path)
     assert (rows[0]["gamma"], rows[0]["seed"]) == (0.1, 7) and blocks == {"0": {}}
 
 
@@ -330,3 +333,40 @@ def test_real_sweep_then_report(tmp_path: Path):
     assert 0 < float(low["drift/init/blocks/deploy_rel_max_median"]) < 1e-5
     for name in ("drift_vs_gamma.png", "drift_blocks.png"):
         _assert_png(sweep / name)
+
+
+def test_sweep_results_record_holds_the_summary_table(synthetic_sweep, tmp_path):
+    out = tmp_path / "gamma_sweep.json"
+    assert drift_report.main([str(synthetic_sweep), "--results", str(out)]) == 0
+    record = read_results(out)
+    assert record["command"] and record["date"] and record["machine"]["torch"]
+    res = record["results"]
+    assert res["runs"] == 4 and res["wall_s"] is None  # no multirun.yaml in a synthetic sweep
+    header = [name for name, _ in res["summary"]["columns"]]
+    assert header[:2] == ["gamma", "seed"] and header[-2:] == ["underflow", "zero drift"]
+    assert "init underflow" in header and "tf32 e2e" not in header  # no run has TF32 metrics
+    rows = res["summary"]["rows"]
+    assert [r[:2] for r in rows] == [[0.01, 0], [0.01, 1], [1, 0], [1, 1]]
+    e2e = header.index("fp32 e2e")
+    assert [r[e2e] for r in rows] == [
+        _metrics(g, s)["drift/vs_fp64/deploy_rel_max"]
+        for g, s in ((0.01, 0), (0.01, 1), (1, 0), (1, 1))
+    ]
+    body = gamma_sweep.render_summary(record)
+    assert body.startswith("4 runs on ") and "| 0.01 | 0 | 0.00e+00 |" in body
+    assert body.count("drift/init;drift/init/bfloat16") == 4
+
+
+def test_sweep_wall_time_runs_from_multirun_yaml_to_the_last_metrics(synthetic_sweep):
+    start = synthetic_sweep / "multirun.yaml"
+    start.write_text("hydra: {}\n")
+    os.utime(start, (1000.0, 1000.0))
+    for i, path in enumerate(sorted(synthetic_sweep.glob("*/metrics.json"))):
+        os.utime(path, (1000.0 + 60 * (i + 1), 1000.0 + 60 * (i + 1)))
+    assert gamma_sweep.wall_seconds(synthetic_sweep) == 240.0
+
+
+def test_report_without_a_folder_or_render_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        drift_report.main([])
+    assert exit_.value.code == 2 and "sweep folder" in capsys.readouterr().err

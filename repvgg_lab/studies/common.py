@@ -1,0 +1,143 @@
+"""What every study shares: cell formats, generic tables, seeded images, results files and the
+generated doc blocks they feed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from repvgg_lab.results import (
+    markdown_table,
+    read_results,
+    replace_generated,
+    write_results,
+)
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS_DIR = ROOT / "docs" / "results"
+DOCS_DIR = ROOT / "docs"
+
+
+def _pair(value: Sequence[float]) -> str:
+    return " / ".join(f"{v:.1e}" for v in value) if value else "-"
+
+
+# Cell formats of the generic tables: the results file holds raw numbers, the docs these strings.
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "s": str,
+    "e": lambda v: f"{v:.2e}",
+    "e1": lambda v: f"{v:.1e}",
+    "f1": lambda v: f"{v:.1f}",
+    "f2": lambda v: f"{v:.2f}",
+    "f3": lambda v: f"{v:.3f}",
+    "x": lambda v: f"{v:.2f}x",
+    "pct": lambda v: f"{v:.1%}",
+    "ulp": lambda v: f"{v:.2f} ulp",
+    "g": lambda v: f"{v:g}",
+    "pair": _pair,
+    "loads": lambda v: " / ".join(f"{x:.1f}" for x in v),
+}
+
+
+def cell(value: Any, fmt: str) -> str:
+    """One table cell: None is '-', anything else goes through FORMATS[fmt]."""
+    return "-" if value is None else FORMATS[fmt](value)
+
+
+def table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """A generic table record: column (header, format) pairs and rows of raw values."""
+    return {"columns": [list(c) for c in columns], "rows": [list(r) for r in rows]}
+
+
+def render_table(record: dict[str, Any]) -> list[str]:
+    """Markdown lines of a `table` record."""
+    header = [name for name, _ in record["columns"]]
+    formats = [fmt for _, fmt in record["columns"]]
+    rows = [[cell(v, f) for v, f in zip(row, formats, strict=True)] for row in record["rows"]]
+    return markdown_table(header, rows)
+
+
+def images(batch: int, size: int, seed: int = 0, device: str | torch.device = "cpu") -> Tensor:
+    """`batch` random images of `size` x `size`, the same for the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=gen).to(device)
+
+
+def results_path(name: str) -> Path:
+    """docs/results/NAME.json, the committed results file of a study."""
+    return RESULTS_DIR / f"{name}.json"
+
+
+def save_results(
+    path: str | Path,
+    results: dict[str, Any],
+    command: str | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Write a results file; when it is a committed one, re-render the doc blocks it feeds."""
+    path = write_results(path, results, command=command, threads=threads)
+    log.info("wrote %s", path)
+    if Path(path).resolve().parent == RESULTS_DIR.resolve():
+        render_docs(Path(path).name)
+    return path
+
+
+def render_docs(results_file: str, docs_dir: Path = DOCS_DIR) -> list[Path]:
+    """Re-render, in every docs/*.md, the generated blocks fed by docs/results/RESULTS_FILE."""
+    from repvgg_lab.studies import DOC_BLOCKS
+
+    keys = [key for key, (name, _) in DOC_BLOCKS.items() if name == results_file]
+    if not keys:
+        raise ValueError(f"no doc block is rendered from {results_file!r}")
+    record = read_results(RESULTS_DIR / results_file)
+    changed = []
+    for doc in sorted(docs_dir.glob("*.md")):
+        text = doc.read_text(encoding="utf-8")
+        new = text
+        for key in keys:
+            # Only docs holding this block are touched: others may hold blocks of other tools.
+            if f"<!-- BEGIN GENERATED: {key} -->" in new:
+                new = replace_generated(new, key, DOC_BLOCKS[key][1](record))
+        if new != text:
+            doc.write_text(new, encoding="utf-8")
+            changed.append(doc)
+            log.info("re-rendered %s", doc)
+    return changed
+
+
+def study_parser(doc: str, results_file: str) -> argparse.ArgumentParser:
+    """A study's command line: its docstring as help, plus --results and --render."""
+    parser = argparse.ArgumentParser(
+        description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"write a results file (docs/results/{results_file})",
+    )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help=f"only re-render the doc blocks from the committed docs/results/{results_file}",
+    )
+    return parser
+
+
+def rendered(results_file: str) -> dict[str, Any]:
+    """Re-render the doc blocks fed by a committed results file; return its record."""
+    render_docs(results_file)
+    return read_results(RESULTS_DIR / results_file)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log lines with time and source on stderr (the command lines' default)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
