@@ -11,7 +11,7 @@ from repvgg_lab.studies.docs import RESULTS_DIR, doc_blocks, doc_files, render_b
 
 ROOT = Path(__file__).resolve().parents[1]
 # The studies whose results the issue tracker requires on file (one results file each).
-REQUIRED = ("default_run", "benchmarks", "gamma_sweep", "rmnet_cost")
+REQUIRED = ("default_run", "benchmarks", "gamma_sweep", "rmnet_cost", "prune_study_accuracy")
 
 
 def _quoted_blocks() -> list[tuple[Path, str, str]]:
@@ -65,6 +65,27 @@ def test_render_docs_rewrites_a_stale_block_and_only_that(tmp_path: Path) -> Non
     text = (tmp_path / "README.md").read_text()
     assert generated_blocks(text)["default_run"] == render_block(ROOT, "default_run")
     assert render_docs(tmp_path) == []
+
+
+def test_render_docs_can_rewrite_only_the_blocks_of_one_results_file(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / RESULTS_DIR).mkdir(parents=True)
+    for name in ("rmnet_cost.json", "prune_scores.json"):
+        (tmp_path / RESULTS_DIR / name).write_bytes((ROOT / RESULTS_DIR / name).read_bytes())
+    (tmp_path / "README.md").write_text("no blocks\n")
+    page = tmp_path / "docs" / "page.md"
+    page.write_text(
+        "intro\n<!-- BEGIN GENERATED: rmnet_cost -->\nstale\n<!-- END GENERATED: rmnet_cost -->\n"
+        "<!-- BEGIN GENERATED: prune_scores -->\nkept\n<!-- END GENERATED: prune_scores -->\n"
+    )
+    assert render_docs(tmp_path, results_file="rmnet_cost.json") == [page]
+    blocks = generated_blocks(page.read_text())
+    assert (
+        blocks["rmnet_cost"] == render_block(ROOT, "rmnet_cost")
+        and blocks["prune_scores"] == "kept"
+    )
+    with pytest.raises(ValueError, match="no doc block is rendered from 'nothing.json'"):
+        render_docs(tmp_path, results_file="nothing.json")
 
 
 def test_block_markers_are_parsed_and_replaced_exactly() -> None:

@@ -1,4 +1,4 @@
-"""Studies behind the docs: drift, the gamma sweep, pruning and RMNet cost.
+"""Studies behind the docs: the default run, drift, the gamma sweep, pruning, RMNet cost, int8.
 
 `DOC_BLOCKS` maps every generated block in docs/ to the results file under docs/results/ it is
 rendered from and its renderer (the whole record, as `repvgg_lab.results.read_results` reads it,
@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from repvgg_lab.studies import drift_probe, gamma_sweep, prune_scores, prune_study, rmnet_cost
+from repvgg_lab.studies import (
+    default_run,
+    drift_probe,
+    gamma_sweep,
+    prune_scores,
+    prune_study,
+    quant_study,
+    rmnet_cost,
+)
 
 DOC_BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "rmnet_cost": ("rmnet_cost.json", rmnet_cost.render_cost),
@@ -23,6 +31,12 @@ DOC_BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "prune_study_accuracy": ("prune_study.json", prune_study.render_accuracy),
     "prune_study_cost": ("prune_study.json", prune_study.render_cost),
     "prune_study_acceptance": ("prune_study.json", prune_study.render_acceptance),
+    "default_run": ("default_run.json", default_run.render_default_run),
+    "quant_accuracy": ("quant_study.json", quant_study.render_accuracy),
+    "quant_drop": ("quant_study.json", quant_study.render_drop),
+    "quant_layers": ("quant_study.json", quant_study.render_layers),
+    "quant_speed": ("quant_study.json", quant_study.render_speed),
+    "quant_params": ("quant_study.json", quant_study.render_params),
 }
 
 __all__ = ["DOC_BLOCKS"]

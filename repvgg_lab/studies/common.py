@@ -15,7 +15,6 @@ from torch import Tensor
 from repvgg_lab.results import (
     markdown_table,
     read_results,
-    replace_generated,
     write_results,
 )
 
@@ -23,7 +22,6 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "docs" / "results"
-DOCS_DIR = ROOT / "docs"
 
 
 def _pair(value: Sequence[float]) -> str:
@@ -90,26 +88,13 @@ def save_results(
     return path
 
 
-def render_docs(results_file: str, docs_dir: Path = DOCS_DIR) -> list[Path]:
-    """Re-render, in every docs/*.md, the generated blocks fed by docs/results/RESULTS_FILE."""
-    from repvgg_lab.studies import DOC_BLOCKS
+def render_docs(results_file: str) -> list[Path]:
+    """Re-render, in README.md and docs/*.md, the generated blocks fed by docs/results/FILE."""
+    from repvgg_lab.studies import docs
 
-    keys = [key for key, (name, _) in DOC_BLOCKS.items() if name == results_file]
-    if not keys:
-        raise ValueError(f"no doc block is rendered from {results_file!r}")
-    record = read_results(RESULTS_DIR / results_file)
-    changed = []
-    for doc in sorted(docs_dir.glob("*.md")):
-        text = doc.read_text(encoding="utf-8")
-        new = text
-        for key in keys:
-            # Only docs holding this block are touched: others may hold blocks of other tools.
-            if f"<!-- BEGIN GENERATED: {key} -->" in new:
-                new = replace_generated(new, key, DOC_BLOCKS[key][1](record))
-        if new != text:
-            doc.write_text(new, encoding="utf-8")
-            changed.append(doc)
-            log.info("re-rendered %s", doc)
+    changed = docs.render_docs(ROOT, results_file=results_file)
+    for doc in changed:
+        log.info("re-rendered %s", doc)
     return changed
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from repvgg_lab.results import generated_blocks, read_results, replace_generated
-from repvgg_lab.studies.default_run import render_default_run
 
 Renderer = Callable[[dict[str, Any]], str]
 RESULTS_DIR = Path("docs/results")
@@ -21,12 +20,7 @@ def doc_blocks() -> dict[str, tuple[str, Renderer]]:
     """Block key -> (results file name in docs/results/, renderer of the whole record)."""
     from repvgg_lab import bench, studies
 
-    blocks: dict[str, tuple[str, Renderer]] = {
-        "default_run": ("default_run.json", render_default_run)
-    }
-    for package in (bench, studies):
-        blocks.update(getattr(package, "DOC_BLOCKS", {}))
-    return blocks
+    return {**bench.DOC_BLOCKS, **studies.DOC_BLOCKS}
 
 
 def doc_files(root: Path) -> list[Path]:
@@ -46,15 +40,19 @@ def render_block(root: Path, key: str) -> str:
     return render(read_results(path)).strip("\n")
 
 
-def render_docs(root: Path, write: bool = True) -> list[Path]:
-    """Re-render every generated block under `root`; the files whose text changed (written
-    back unless `write` is False)."""
+def render_docs(root: Path, write: bool = True, results_file: str | None = None) -> list[Path]:
+    """Re-render the generated blocks under `root` (only those fed by `results_file`, when
+    given); the files whose text changed (written back unless `write` is False)."""
+    blocks = doc_blocks()
+    if results_file is not None and all(name != results_file for name, _ in blocks.values()):
+        raise ValueError(f"no doc block is rendered from {results_file!r}")
     changed = []
     for path in doc_files(root):
         text = path.read_text(encoding="utf-8")
         new = text
         for key in generated_blocks(text):
-            new = replace_generated(new, key, render_block(root, key))
+            if results_file is None or blocks[key][0] == results_file:
+                new = replace_generated(new, key, render_block(root, key))
         if new != text:
             changed.append(path)
             if write:
