@@ -20,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+from repvgg_lab.pipeline.tracking import publish_study
 from repvgg_lab.studies import gamma_sweep
 from repvgg_lab.studies.common import rendered, save_results, setup_logging, study_parser
 from repvgg_lab.studies.gamma_plots import save_plots
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "sweep_dir", type=Path, nargs="?", help="the multirun folder (hydra.sweep.dir)"
     )
+    parser.add_argument(
+        "--no-wandb", action="store_true", help="no offline W&B run with the plots and table"
+    )
     args = parser.parse_args(argv)
     setup_logging(logging.WARNING)
     if args.render:
@@ -56,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     plots = save_plots(rows, blocks, args.sweep_dir)
     if args.results:
         save_results(args.results, gamma_sweep.results(args.sweep_dir, rows))
+    if not args.no_wandb:
+        table = args.sweep_dir / gamma_sweep.TABLE
+        print(f"W&B run: {publish_study(args.sweep_dir, 'gamma_sweep', plots, [table])}")
     print(gamma_sweep.summary(rows))
     for row in rows:
         for flag, text in (("underflow", UNDERFLOW), ("zero_drift", ZERO)):

@@ -99,3 +99,14 @@ def publish_deploy_run(loggers: list[WandbLogger], report: Mapping[str, Any]) ->
     log_files(loggers, "report", [out_dir / files["report"], out_dir / files["metrics"]])
     for logger in loggers:
         logger.experiment.finish()
+
+
+def publish_study(folder: Path, name: str, plots: list[Path], files: list[Path]) -> Path:
+    """A study's plots as W&B images and its tables as an artifact, in an offline run saved
+    under `folder` (upload later with `wandb sync`); returns the run's folder."""
+    logger = WandbLogger(project="repvgg_lab", name=name, save_dir=str(folder), offline=True)
+    log_images([logger], f"{name}/plots", plots)
+    log_files([logger], "study", files)
+    run_dir = Path(logger.experiment.dir).parent
+    logger.experiment.finish()
+    return run_dir

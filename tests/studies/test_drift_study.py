@@ -22,7 +22,7 @@ from repvgg_lab.studies import gamma_plots, gamma_sweep
 from repvgg_lab.utils import tf32
 from tests.helpers.cli import load_script, run_script
 from tests.helpers.contract import DRIFT_METRICS
-from tests.helpers.wandb_records import records, summary
+from tests.helpers.wandb_records import artifacts, records, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 DESIGN_NAMES = [name.removeprefix("drift/") for name in DRIFT_METRICS]
@@ -195,6 +195,17 @@ def _assert_png(path: Path) -> None:
         assert image.format == "PNG"
     with Image.open(path) as image:
         assert image.size[0] > 400 and image.size[1] > 300
+
+
+def test_report_logs_its_plots_and_table_to_an_offline_wandb_run(synthetic_sweep) -> None:
+    assert drift_report.main([str(synthetic_sweep)]) == 0
+    (run_dir,) = synthetic_sweep.glob("wandb/offline-run-*")
+    logged = {kind: files for kind, files in artifacts(run_dir).values()}
+    assert logged["study"] == ["drift_table.csv"]
+    images = sorted(p.name.split("_")[0] for p in run_dir.glob("files/media/images/**/*.png"))
+    assert len(images) == 2  # drift_vs_gamma.png and drift_blocks.png
+    assert drift_report.main([str(synthetic_sweep), "--no-wandb"]) == 0
+    assert len(list(synthetic_sweep.glob("wandb/offline-run-*"))) == 1
 
 
 def test_report_on_synthetic_runs_writes_table_plots_and_flags(synthetic_sweep, capsys, caplog):
