@@ -198,7 +198,7 @@ def render_drop(record: dict[str, Any]) -> str:
 
 def render_layers(record: dict[str, Any]) -> str:
     """The worst int8 layer of each run (per-tensor weights) with its outlier measures."""
-    header = ["model", "seed", "layer", "SQNR dB", "max|w|/std", "channel range ratio", "cause"]
+    header = ["model", "seed", "layer", "SQNR dB", "max\\|w\\|/std", "channel range ratio", "cause"]
     rows = [
         [
             r["model"],
@@ -207,7 +207,7 @@ def render_layers(record: dict[str, Any]) -> str:
             f"{w['sqnr_db']:.1f}",
             f"{w['weight_max_over_std']:.0f}",
             f"{w['channel_range_ratio']:.1f}",
-            w["cause"],
+            w["cause"].replace("|", "\\|"),  # a Markdown cell cannot hold a bare pipe
         ]
         for r in record["results"]["runs"]
         for w in r["worst_layers"][:1]
