@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from repvgg_lab.deploy import DeployOptions, steps
+from repvgg_lab.deploy.int8 import Quantized, quantize
 from repvgg_lab.deploy.report import FILES
 from repvgg_lab.deploy.run import assemble
 from repvgg_lab.prune import PruneOptions
@@ -70,7 +71,9 @@ def test_steps_do_not_change_their_inputs(ckpt, tmp_path, pruning) -> None:
     )
     assert measured.metrics["latency/bs1/deploy_ms"] > 0
 
-    report = assemble(ckpt, options, loaded, verified, pruned, staged, measured)
+    quantized = quantize(pruned.src.plain, verified.real, options, tmp_path)
+    assert quantized == Quantized({}, {})  # no quantize option: the int8 step does nothing
+    report = assemble(ckpt, options, loaded, verified, pruned, staged, measured, quantized)
     assert ("prune" in report) == (pruning is not None)
     assert report["reference"].endswith("prune/rel_max)") == pruned.lossy
     assert options == before  # the options object is frozen and unchanged
