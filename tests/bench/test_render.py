@@ -156,6 +156,9 @@ def _all_keys(s: dict[str, Any]) -> set[str]:
             for v in k.VARIANTS:
                 names |= {k.latency_key(name, b, v, unit) for unit in ("ms", "min_ms", "gflops")}
                 names |= {k.ratio_key(name, b, v)} if v != k.BASELINE else set()
+            if name in s.get("int8_models", ()):
+                names |= {k.latency_key(name, b, k.INT8, u) for u in ("ms", "min_ms", "gflops")}
+                names |= {k.ratio_key(name, b, k.INT8), k.int8_ratio_key(name, b)}
     train = ["lightning_overhead", "lightning_overhead_with_setup", "lightning_fixed_ms_per_step"]
     train += ["lightning_overhead_predicted", "bare_total_s", "lightning_total_s"]
     names |= {k.train_key(stat) for stat in train}
