@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 
 from repvgg_lab.results import (
@@ -67,6 +68,19 @@ def images(batch: int, size: int, seed: int = 0, device: str | torch.device = "c
     """`batch` random images of `size` x `size`, the same for the same seed."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, size, size, generator=gen).to(device)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content, None when it is missing or unreadable."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's saved Hydra config (`.hydra/config.yaml`), empty when there is none."""
+    return read_yaml(run_dir / ".hydra" / "config.yaml") or {}
 
 
 def results_path(name: str) -> Path:

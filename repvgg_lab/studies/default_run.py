@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from repvgg_lab.studies.common import run_config
+
 log = logging.getLogger(__name__)
 
 # The metrics the README quotes (stable names, see DESIGN.md).
@@ -50,12 +52,7 @@ def run_default_job(repo: Path, run_dir: Path, overrides: Sequence[str] = ()) ->
 
 def _epochs(run_dir: Path) -> int | None:
     """`trainer.max_epochs` from the run's saved Hydra config (None if it is not there)."""
-    import yaml
-
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return None
-    return yaml.safe_load(path.read_text(encoding="utf-8"))["trainer"]["max_epochs"]
+    return run_config(run_dir).get("trainer", {}).get("max_epochs")
 
 
 def render_default_run(record: dict[str, Any]) -> str:

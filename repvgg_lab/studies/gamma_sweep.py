@@ -18,10 +18,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from repvgg_lab.errors import InputError
-from repvgg_lab.studies.common import render_table, table
+from repvgg_lab.studies.common import read_yaml, render_table, run_config, table
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +81,13 @@ def block_order(name: str) -> tuple:
     return (len(numbers) > 0, numbers, name)
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
-
 def run_settings(run_dir: Path) -> dict[str, Any]:
     """init scheme, gamma and seed of a run: .hydra/config.yaml, else .hydra/overrides.yaml."""
-    config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
+    config = run_config(run_dir)
     init = config.get("init") or {}
     target = str(init.get("_target_", "")).rsplit(".", 1)[-1] or None
     out = {"init": target, "gamma": init.get("gamma"), "seed": config.get("seed")}
-    for item in _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []:
+    for item in read_yaml(run_dir / ".hydra" / "overrides.yaml") or []:
         key, _, value = str(item).partition("=")
         if key.lstrip("+") == "init.gamma" and out["gamma"] is None:
             out["gamma"] = value

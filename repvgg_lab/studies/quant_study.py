@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from repvgg_lab.data import DigitsDataModule
 from repvgg_lab.deploy import load_source
@@ -23,6 +22,7 @@ from repvgg_lab.models import create_model, list_models, reparameterize
 from repvgg_lab.quant import QuantOptions, int8_deploy, int8_latency, layer_report, qat_finetune
 from repvgg_lab.quant.ptq import quantize_onnx
 from repvgg_lab.results import markdown_table
+from repvgg_lab.studies.common import run_config
 from repvgg_lab.utils import count_params
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ def _variant(method: str, per_channel: bool) -> str:
 
 def run_settings(run_dir: Path) -> tuple[str, int]:
     """(model name, seed) of a sweep run, from its saved Hydra config."""
-    cfg = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    cfg = run_config(run_dir)
+    if not cfg:
+        raise FileNotFoundError(f"{run_dir}: no .hydra/config.yaml")
     return cfg["model"]["model_name"], int(cfg["seed"])
 
 
