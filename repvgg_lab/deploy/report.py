@@ -38,7 +38,9 @@ def latency_metrics(batch: int, results: dict[str, dict[str, Any]]) -> dict[str,
     return {f"latency/bs{batch}/{name}_ms": r["median_ms"] for name, r in results.items()}
 
 
-def _fmt(value: Any) -> str:
+def format_number(value: Any, sci_digits: int = 3) -> str:
+    """A metric for the console: ints with thousands separators, floats in plain notation
+    between 1e-3 and 1e5 and in scientific notation outside (never rounded to 0.0)."""
     if value is None:
         return "—"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -47,7 +49,7 @@ def _fmt(value: Any) -> str:
         return f"{value:,}"
     if value == 0 or 1e-3 <= abs(value) < 1e5:
         return f"{value:.4g}"
-    return f"{value:.3e}"
+    return f"{value:.{sci_digits}e}"
 
 
 def _pruning_table(m: dict[str, Any], input_size: int) -> Table:
@@ -65,9 +67,13 @@ def _pruning_table(m: dict[str, Any], input_size: int) -> Table:
         (f"MACs @{input_size}", "prune/macs_{}"),
         ("CPU latency bs1, median ms", "prune/latency_{}_ms"),
     ):
-        table.add_row(label, _fmt(m.get(key.format("before"))), _fmt(m.get(key.format("after"))))
-    table.add_row("max|err|/max|ref|", "", _fmt(m.get("prune/rel_max")))
-    table.add_row("top-1 agreement", "", _fmt(m.get("prune/top1_agree")))
+        table.add_row(
+            label,
+            format_number(m.get(key.format("before"))),
+            format_number(m.get(key.format("after"))),
+        )
+    table.add_row("max|err|/max|ref|", "", format_number(m.get("prune/rel_max")))
+    table.add_row("top-1 agreement", "", format_number(m.get("prune/top1_agree")))
     return table
 
 
@@ -93,7 +99,9 @@ def render(report: dict[str, Any]) -> Group:
         ("max|err|/max|ref| vs float64", "drift/vs_fp64/{}_rel_max"),
     ):
         conversion.add_row(
-            label, _fmt(m.get(key.format("train"))), _fmt(m.get(key.format("deploy")))
+            label,
+            format_number(m.get(key.format("train"))),
+            format_number(m.get(key.format("deploy"))),
         )
 
     checks = Table(
@@ -106,7 +114,7 @@ def render(report: dict[str, Any]) -> Group:
     others = sorted(k for k in m if k.startswith(("drift/", "onnx/", "verify/", "quant/")))
     for key in dict.fromkeys([*DRIFT_KEYS, *others]):  # stable names first, no repeats
         if key not in shown:
-            checks.add_row(key, _fmt(m.get(key)))
+            checks.add_row(key, format_number(m.get(key)))
 
     parts: list[Any] = [conversion, checks]
     if pruned:
@@ -119,7 +127,7 @@ def render(report: dict[str, Any]) -> Group:
         for name in (*columns, "train/deploy"):
             latency.add_column(name, justify="right")
         for b in settings["batch_sizes"]:
-            cells = [_fmt(m.get(f"latency/bs{b}/{name}_ms")) for name in columns]
-            latency.add_row(str(b), *cells, _fmt(m.get(f"latency/bs{b}/speedup")))
+            cells = [format_number(m.get(f"latency/bs{b}/{name}_ms")) for name in columns]
+            latency.add_row(str(b), *cells, format_number(m.get(f"latency/bs{b}/speedup")))
         parts.append(latency)
     return Group(*parts)

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from repvgg_lab.errors import ConfigError
+from repvgg_lab.errors import ConfigError, is_integer
 from repvgg_lab.pipeline.common import user_errors
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -88,7 +88,7 @@ def _check_value(key: str, value: Any, check: Check) -> None:
     if value is None and kind.endswith("?"):
         return
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind.startswith("int") and not (number and isinstance(value, int)):
+    if kind.startswith("int") and not is_integer(value):
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if not number:
         raise ConfigError(f"{key} must be a number, got {value!r}")

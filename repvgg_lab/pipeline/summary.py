@@ -10,13 +10,12 @@ from typing import Any
 
 from rich.console import Console
 
+from repvgg_lab.deploy.report import format_number
+
 
 def _num(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float) and (value == 0 or 1e-3 <= abs(value) < 1e4):
-        return f"{value:.4g}"
-    return f"{value:.2e}" if isinstance(value, float) else str(value)
+    """The deploy table's number format, two digits after the point in scientific notation."""
+    return format_number(value, sci_digits=2)
 
 
 def _line(label: str, metrics: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from repvgg_lab.errors import QuantizationError
+from repvgg_lab.errors import QuantizationError, check_integer
 
 METHODS = ("minmax", "percentile", "entropy")
 PRECISIONS = ("none", "int8")
@@ -18,11 +18,6 @@ def check_precision(value: str | None) -> str | None:
     if text not in PRECISIONS:
         raise QuantizationError(f"quantize={value} is not supported; use {' or '.join(PRECISIONS)}")
     return None if text == "none" else text
-
-
-def _is_int(value: object) -> bool:
-    """True for an int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -46,11 +41,9 @@ class QuantOptions:
             raise QuantizationError(
                 f"quantize.method must be one of {', '.join(METHODS)}, got {self.method!r}"
             )
-        if not _is_int(self.calibration_batches) or self.calibration_batches < 1:
-            raise QuantizationError(
-                "quantize.calibration_batches must be an integer >= 1, "
-                f"got {self.calibration_batches!r}"
-            )
+        check_integer(
+            QuantizationError, "quantize.calibration_batches", self.calibration_batches, 1
+        )
         for name in ("per_channel", "equalize"):
             value = getattr(self, name)
             if not isinstance(value, bool):
