@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from repvgg_lab.errors import ConfigError
 from repvgg_lab.lit.evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,8 @@ class EMA(pl.Callback):
     (10 + t)) at step t, so short runs are not dominated by the initial weights."""
 
     def __init__(self, decay: float = 0.9998, warmup: bool = True) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema.decay must lie in (0, 1), got {decay}")
+        if not isinstance(decay, float) or not 0.0 < decay < 1.0:
+            raise ConfigError(f"ema.decay must be a number in (0, 1), got {decay!r}")
         self.decay, self.warmup = decay, warmup
         self.net: nn.Module | None = None
         self.updates = 0

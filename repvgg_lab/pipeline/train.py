@@ -55,8 +55,6 @@ def _ema(cfg: DictConfig) -> list[pl.Callback]:
     decay = cfg.get("ema", {}).get("decay")
     if decay is None:
         return []
-    if not isinstance(decay, float) or not 0.0 < decay < 1.0:
-        raise ConfigError(f"ema.decay must be a number in (0, 1), got {decay!r}")
     return [EMA(decay=decay, warmup=bool(cfg.ema.get("warmup", True)))]
 
 
