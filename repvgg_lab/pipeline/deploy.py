@@ -8,12 +8,11 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 from rich.console import Console
 
 from repvgg_lab.deploy import DeployOptions, run
 from repvgg_lab.deploy.report import render
-from repvgg_lab.errors import ConfigError
+from repvgg_lab.pipeline.cli import DEPLOY_CHECKS, check_config
 from repvgg_lab.pipeline.common import user_errors
 from repvgg_lab.pipeline.prune import prune_options
 from repvgg_lab.pipeline.summary import deploy_summary, print_summary
@@ -24,15 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def config_values(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain Python values; a missing mandatory value is a one-line error."""
-    try:
-        values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as err:
-        key = err.full_key or "a value"
-        raise ConfigError(
-            f"missing required option {key}= (e.g. python deploy.py {key}=...)"
-        ) from None
-    return dict(values)  # a DictConfig always gives a dict
+    """The config as plain Python values; a missing mandatory value is a one-line error (the
+    command line's own check, for callers that hand a config over directly)."""
+    check_config(cfg, DEPLOY_CHECKS, "deploy")
+    return dict(OmegaConf.to_container(cfg, resolve=True))  # a DictConfig gives a dict
 
 
 def _as_list(value: Any) -> list[Any]:
