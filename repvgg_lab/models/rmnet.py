@@ -32,7 +32,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import Conv2dNormActivation
 
 from repvgg_lab.errors import ConversionError
-from repvgg_lab.models.blocks import new_conv
+from repvgg_lab.models.layers import new_conv
 from repvgg_lab.models.plain import PlainLayer, PlainNet, activation_bounds, make_activation
 from repvgg_lab.models.repvgg import Head
 from repvgg_lab.reparam import BNStats

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-import repvgg_lab.reparam.repvgg as repvgg_math
+import repvgg_lab.reparam.fuse as repvgg_math
 from repvgg_lab.reparam import BNStats, qarepvgg_kernel_bias, rel_max, repvgg_kernel_bias, tolerance
 
 from .test_repvgg_fusion import DTYPES, _as64, _fused, blocks

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-import repvgg_lab.reparam.repvgg as repvgg_math
+import repvgg_lab.reparam.fuse as repvgg_math
 from repvgg_lab.reparam import BNStats, rel_max, repvgg_kernel_bias, tolerance
 
 from .conftest import BN_REGIMES
