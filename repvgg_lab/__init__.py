@@ -2,6 +2,8 @@
 
 from repvgg_lab.models import (
     DriftReport,
+    RepConv,
+    add_branches,
     create_model,
     list_models,
     load_pretrained,
@@ -13,6 +15,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DriftReport",
+    "RepConv",
+    "add_branches",
     "__version__",
     "create_model",
     "list_models",

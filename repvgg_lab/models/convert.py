@@ -58,8 +58,13 @@ def reparameterize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     plain = {name: module.to_plain() for name, module in targets}
     if "" in plain:
         return plain[""]
+    # A module standing for a conv + BN pair (add_branches) also restores the BN beside it.
+    for name, module in targets:
+        parent_name = name.rpartition(".")[0]
+        for sibling, replacement in getattr(module, "plain_siblings", dict)().items():
+            plain[f"{parent_name}.{sibling}" if parent_name else sibling] = replacement
     if not inplace:
-        memo = {id(module): plain[name] for name, module in targets}
+        memo = {id(model.get_submodule(name)): new for name, new in plain.items()}
         return copy.deepcopy(model, memo)
     for name, replacement in plain.items():
         parent_name, _, child_name = name.rpartition(".")

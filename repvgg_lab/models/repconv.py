@@ -136,12 +136,12 @@ def branch_problem(kind: str, g: Geometry) -> str | None:
 
 
 def usable_branches(
-    branches: str | Sequence[str], g: Geometry
+    branches: str | Sequence[str], g: Geometry, *, strict: bool | None = None
 ) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
     """(kinds kept, [(kind, why dropped)]) for a branch set name or an explicit list of kinds.
 
     A named set keeps the kinds the geometry allows; an explicit list must be usable as given
-    ("kxk" may repeat: MobileOne's parallel kxk branches)."""
+    unless `strict=False` ("kxk" may repeat: MobileOne's parallel kxk branches)."""
     if isinstance(branches, str):
         if branches not in BRANCH_SETS:
             raise ValueError(
@@ -152,7 +152,12 @@ def usable_branches(
     else:
         named = tuple(branches)
     dropped = [(k, why) for k in dict.fromkeys(named) if (why := branch_problem(k, g))]
-    if dropped and not isinstance(branches, str):
+    unknown = [k for k in named if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown branch {unknown[0]!r}; known: {', '.join(KINDS)}")
+    if strict is None:
+        strict = not isinstance(branches, str)
+    if dropped and strict:
         raise ValueError(f"branch {dropped[0][0]!r} cannot be used here: {dropped[0][1]}")
     extra = [k for k in named if k != "kxk" and named.count(k) > 1]
     if extra:

@@ -1,0 +1,249 @@
+"""Train-time branches for any CNN: every eligible conv + BN pair of a user's net becomes a
+`RepConv` that starts as the same function, and `reparameterize` returns the original architecture.
+
+`add_branches(model, branches="dbb")` finds the pairs by tracing the net with torch.fx (a conv
+whose only consumer is a BatchNorm2d, each called once, both children of the same module); a net
+that cannot be traced is paired by registration order (a conv child followed by a BN child).
+The conv's slot gets a `BranchedConv` (the original conv + BN as its first kxk branch, the new
+branches with BN gamma = beta = 0, so the eval-mode net computes the same function), the BN's slot
+a `FoldedBN` placeholder. After training, the fused kernel goes back into an `nn.Conv2d` of the
+original configuration and the fused bias into the BN, whose statistics are set so that it adds
+the bias and multiplies by exactly 1.0: one rounding, as for any other fused conv.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import fx, nn
+
+from repvgg_lab.models.repconv import Geometry, RepConv, numeric_padding, usable_branches
+
+log = logging.getLogger(__name__)
+
+
+class FoldedBN(nn.Identity):
+    """Where a BN was: its work is done inside the `BranchedConv` before it (each branch has its
+    own BN); `reparameterize` puts a BatchNorm2d back here."""
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = bn.num_features, bn.eps, bn.momentum
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, folded into the conv before it"
+
+
+def _unit_var(eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """A variance v with v + eps == 1 exactly in `dtype`, so that BN's 1/sqrt(v + eps) is 1."""
+    one = torch.ones((), dtype=dtype)
+    var = one - torch.tensor(eps, dtype=dtype)
+    for _ in range(8):
+        total = var + torch.tensor(eps, dtype=dtype)
+        if total == one:
+            return var
+        var = torch.nextafter(var, var + (one - total))
+    raise ValueError(f"no variance gives var + eps == 1 for eps={eps} in {dtype}")
+
+
+class BranchedConv(RepConv):
+    """A user's conv + BN trained as parallel branches; its plain form is the user's own
+    `nn.Conv2d` (same configuration, bias if it had one) plus the BN named `bn_name` beside it."""
+
+    def __init__(
+        self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_name: str, branches: Sequence[str]
+    ) -> None:
+        g = Geometry.of(conv)
+        super().__init__(
+            g.in_channels,
+            g.out_channels,
+            g.kernel,
+            g.stride,
+            g.padding,
+            g.dilation,
+            g.groups,
+            branches=tuple(branches),
+        )
+        self.bn_name, self.conv_bias = bn_name, conv.bias is not None
+        self.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            self._start_as(conv, bn)
+
+    def _start_as(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        """Branch 0 = the original conv + BN; every other branch adds exactly zero in eval."""
+        for i, (_, module) in enumerate(self.branch_modules()):
+            for b in module.modules():
+                if isinstance(b, nn.BatchNorm2d):
+                    b.eps, b.momentum = bn.eps, bn.momentum
+            if i == 0:
+                module.conv.weight.copy_(conv.weight)
+                module.bn.load_state_dict(bn.state_dict())
+                if conv.bias is not None:  # BN(conv(x) + c) = BN'(conv(x)) with mean' = mean - c
+                    module.bn.running_mean.sub_(conv.bias)
+            else:
+                last = _last_bn(module)
+                last.weight.zero_()
+                last.bias.zero_()
+
+    def to_plain(self) -> nn.Conv2d:
+        """The original conv, holding the fused kernel (and a zero bias if it had a bias)."""
+        conv = self._fused_conv()
+        with torch.no_grad():
+            if self.conv_bias:
+                conv.bias.zero_()
+            else:
+                conv.bias = None
+        return conv
+
+    def plain_siblings(self) -> dict[str, nn.Module]:
+        """{bn_name: BatchNorm2d} that adds the fused bias and multiplies by exactly 1.0."""
+        bn = copy.deepcopy(self.branch_modules()[0][1].bn)
+        with torch.no_grad():
+            bias = self._kernel_bias(dtype=bn.bias.dtype)[1]
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(bias)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(_unit_var(bn.eps, bn.running_var.dtype))
+        return {self.bn_name: bn}
+
+
+def _last_bn(branch: nn.Module) -> nn.BatchNorm2d:
+    """The BN that ends a branch (a ConvBN's `bn`, a two-stage branch's `bn2`, an identity BN)."""
+    if isinstance(branch, nn.BatchNorm2d):
+        return branch
+    return branch.bn2 if hasattr(branch, "bn2") else branch.bn
+
+
+def _is_branched(module: nn.Module) -> bool:
+    return callable(getattr(module, "to_plain", None))
+
+
+class _Tracer(fx.Tracer):
+    """Treats already re-parameterizable modules as leaves: their convs are branches."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _is_branched(m) or super().is_leaf_module(m, qualname)
+
+
+def _traced_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv name, BN name) where the conv's only consumer is the BN, each called once."""
+    graph = _Tracer().trace(model)
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.Conv2d):
+            continue
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module" and users[0].args[:1] == (node,):
+            bn = users[0].target
+            if isinstance(modules[bn], nn.BatchNorm2d) and calls[node.target] == calls[bn] == 1:
+                pairs.append((node.target, bn))
+    return pairs
+
+
+def _ordered_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv name, BN name) for each conv child registered right before a BN child."""
+    pairs = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        children = [*module.named_children(), ("", None)]
+        for (name, child), (next_name, nxt) in zip(children, children[1:], strict=False):
+            if isinstance(child, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
+                pairs.append((prefix + name, prefix + next_name))
+            if not _is_branched(child):
+                visit(f"{prefix}{name}.", child)
+
+    visit("", model)
+    return pairs
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv name, BN name) of every conv whose output goes straight into a BatchNorm2d."""
+    try:
+        return _traced_pairs(model)
+    except Exception as err:  # any tracing failure means: fall back to registration order
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.info(
+            "%s cannot be traced (%s); pairing each conv with the BN registered after it",
+            type(model).__name__,
+            reason[:120],
+        )
+        return _ordered_pairs(model)
+
+
+def _conv_problem(conv: nn.Module, bn: nn.Module | None) -> str | None:
+    """Why a conv (+ BN) cannot get branches, or None."""
+    if isinstance(conv, nn.modules.conv._ConvTransposeNd):
+        return "transposed conv"
+    if not isinstance(conv, nn.Conv2d) or type(conv).forward is not nn.Conv2d.forward:
+        return f"{type(conv).__name__} is not a plain Conv2d"
+    if bn is None:
+        return "not followed by a BatchNorm2d"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (only zero padding fuses)"
+    if numeric_padding(conv) is None:
+        return f"asymmetric padding {conv.padding!r}"
+    if not (bn.affine and bn.track_running_stats) or bn.num_features != conv.out_channels:
+        return "its BN has no affine parameters or running statistics"
+    return None
+
+
+def _branch_target(net: nn.Module, name: str, bn_name: str | None) -> str | None:
+    """Why the conv `name` (+ `bn_name`) is left alone, or None when it can get branches."""
+    bn = net.get_submodule(bn_name) if bn_name else None
+    problem = _conv_problem(net.get_submodule(name), bn)
+    if problem is None and name.rpartition(".")[0] != bn_name.rpartition(".")[0]:
+        problem = f"its BN {bn_name} belongs to another module"
+    return problem
+
+
+def add_branches(
+    model: nn.Module, branches: str | Sequence[str] = "dbb", *, inplace: bool = False
+) -> nn.Module:
+    """A copy of `model` (unless `inplace`) in which every conv followed by a BatchNorm2d is a
+    `BranchedConv` with `branches` ("repvgg", "acb", "dbb" or a list of kinds, see
+    `repvgg_lab.models.repconv`), computing the same eval-mode function as `model`.
+
+    Kinds a conv's geometry does not allow are left out for that conv; convs without a BN,
+    transposed convs and other ineligible layers are left alone. Each decision is logged, one line
+    per conv. `reparameterize` of the result returns `model`'s own architecture."""
+    if isinstance(branches, str) and branches == "none":
+        return model if inplace else copy.deepcopy(model)
+    usable_branches(branches, Geometry(1, 1, (3, 3), padding=(1, 1)), strict=False)
+    net = model if inplace else copy.deepcopy(model)
+    pairs = dict(conv_bn_pairs(net))
+    inside = [n for n, m in net.named_modules() if n and _is_branched(m)]
+    converted = 0
+    for name, conv in list(net.named_modules()):
+        if not isinstance(conv, nn.modules.conv._ConvNd):
+            continue
+        if any(name.startswith(prefix + ".") for prefix in inside):
+            continue
+        problem = _branch_target(net, name, pairs.get(name))
+        kept: tuple[str, ...] = ()
+        if problem is None:
+            kept, dropped = usable_branches(branches, Geometry.of(conv), strict=False)
+            if len(kept) < 2:
+                problem = "no branch to add: " + "; ".join(why for _, why in dropped)
+        if problem is not None:
+            log.info("%s: %s; left alone", name, problem)
+            continue
+        bn_name = pairs[name]
+        parent, _, child = name.rpartition(".")
+        holder = net.get_submodule(parent)
+        bn = net.get_submodule(bn_name)
+        setattr(holder, child, BranchedConv(conv, bn, bn_name.rpartition(".")[2], kept))
+        setattr(holder, bn_name.rpartition(".")[2], FoldedBN(bn))
+        left_out = f" (left out: {', '.join(k for k, _ in dropped)})" if dropped else ""
+        log.info("%s + %s: branches %s%s", name, bn_name, "+".join(kept), left_out)
+        converted += 1
+    if not converted:
+        raise ValueError(f"{type(model).__name__} has no conv + BatchNorm2d pair to branch")
+    return net
