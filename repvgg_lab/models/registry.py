@@ -10,13 +10,19 @@ from torch import nn
 from repvgg_lab.errors import UnknownModelError
 from repvgg_lab.models.repvgg import QAREPVGG_VARIANTS, REPVGG_VARIANTS
 from repvgg_lab.models.rmnet import RMNET_VARIANTS
+from repvgg_lab.models.small_cnn import SMALL_CNN_VARIANTS
 
 
 class ModelConfig(Protocol):
     def build(self, num_classes: int = 1000, deploy: bool = False, **kwargs: Any) -> nn.Module: ...
 
 
-MODELS: dict[str, ModelConfig] = {**REPVGG_VARIANTS, **QAREPVGG_VARIANTS, **RMNET_VARIANTS}
+MODELS: dict[str, ModelConfig] = {
+    **REPVGG_VARIANTS,
+    **QAREPVGG_VARIANTS,
+    **RMNET_VARIANTS,
+    **SMALL_CNN_VARIANTS,
+}
 
 
 def list_models() -> list[str]:
