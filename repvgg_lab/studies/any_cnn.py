@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+import torchvision
 from safetensors import safe_open
 
-from repvgg_lab.studies.common import render_table, run_job, stats, table
+from repvgg_lab.models import add_branches, create_model, reparameterize
+from repvgg_lab.reparam import rel_max
+from repvgg_lab.studies.common import images, render_table, run_job, stats, table
+from repvgg_lab.testing import randomize_bn
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,52 @@ def summarize(s: Settings, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+# Nets for the conversion check: a builder of the user's architecture, and the input size.
+CONVERSION_NETS = {
+    "torchvision resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 64),
+    "small_cnn": (lambda: create_model("small_cnn", num_classes=10), 32),
+}
+
+
+def _loads_strictly(fresh: torch.nn.Module, converted: torch.nn.Module) -> bool:
+    try:
+        fresh.load_state_dict(converted.state_dict(), strict=True)
+    except RuntimeError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def conversion(branch_sets: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+    """Per net and branch set, the worst over seeds of: the branched net's own fp32 error and the
+    converted net's, both against the branched net in float64 (trained-like BN statistics in
+    every branch), and whether the converted state dict loads strictly into a fresh copy."""
+    rows = []
+    for net_name, (make, size) in CONVERSION_NETS.items():
+        for branches in (b for b in branch_sets if b != "none"):
+            own, plain, strict = 0.0, 0.0, True
+            for seed in seeds:
+                torch.manual_seed(seed)
+                branched = randomize_bn(add_branches(make(), branches), seed=seed).eval()
+                x = images(4, size, seed=seed)
+                truth = branched.double()(x.double())
+                own = max(own, rel_max(truth, branched.float()(x)))
+                converted = reparameterize(branched)
+                fresh = make().eval()
+                strict &= _loads_strictly(fresh, converted)
+                plain = max(plain, rel_max(truth, fresh(x)))
+            rows.append(
+                {
+                    "net": net_name,
+                    "branches": branches,
+                    "own": own,
+                    "plain": plain,
+                    "strict": strict,
+                }
+            )
+    return rows
+
+
 def run(s: Settings) -> dict[str, Any]:
     """Every (branch set, seed) run, then the summary."""
     if "none" not in s.branches:
@@ -90,7 +141,8 @@ def run(s: Settings) -> dict[str, Any]:
     for by_seed in runs.values():  # the summary keeps the comparison; the file stays small
         for r in by_seed.values():
             r.pop("shapes")
-    return {"settings": vars(s), "runs": runs, "summary": summary}
+    checks = conversion(s.branches, s.seeds)
+    return {"settings": vars(s), "runs": runs, "summary": summary, "conversion": checks}
 
 
 def _mean_std(entry: dict[str, Any]) -> str:
@@ -134,3 +186,21 @@ def render(record: dict[str, Any]) -> str:
         f"`{record['command']}` on {record['date'][:10]} ({record['machine']['cpu']})."
     )
     return "\n".join(render_table(table(columns, rows))) + note
+
+
+def render_conversion(record: dict[str, Any]) -> str:
+    """docs/any_cnn.md's conversion table, from docs/results/any_cnn.json."""
+    columns = [
+        ("net", "s"),
+        ("branches", "s"),
+        ("branched net, fp32 vs fp64", "e1"),
+        ("converted net, fp32 vs fp64", "e1"),
+        ("ratio", "f2"),
+        ("loads strictly into the original", "s"),
+    ]
+    rows = [
+        [c["net"], c["branches"], c["own"], c["plain"], c["plain"] / c["own"], c["strict"]]
+        for c in record["results"]["conversion"]
+    ]
+    rows = [[*r[:5], "yes" if r[5] else "**no**"] for r in rows]
+    return "\n".join(render_table(table(columns, rows)))
