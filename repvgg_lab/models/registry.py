@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from repvgg_lab.errors import UnknownModelError
+from repvgg_lab.models.mobileone import MOBILEONE_VARIANTS
 from repvgg_lab.models.repvgg import QAREPVGG_VARIANTS, REPVGG_VARIANTS
 from repvgg_lab.models.rmnet import RMNET_VARIANTS
 from repvgg_lab.models.small_cnn import SMALL_CNN_VARIANTS
@@ -21,6 +22,7 @@ MODELS: dict[str, ModelConfig] = {
     **REPVGG_VARIANTS,
     **QAREPVGG_VARIANTS,
     **RMNET_VARIANTS,
+    **MOBILEONE_VARIANTS,
     **SMALL_CNN_VARIANTS,
 }
 
