@@ -130,6 +130,10 @@ def check_plain_graph(
     return counts
 
 
+# Extra convs, branch sums and unfused BNs: how unconverted branches show in a graph.
+_TELLING_OPS = {"Conv": 0, "Add": 1, "BatchNormalization": 2}
+
+
 def conv_weight_shapes(proto: onnx.ModelProto) -> list[tuple[int, ...] | None]:
     """The weight shape of every Conv node in graph order (None: a weight computed in-graph)."""
     shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
@@ -144,13 +148,13 @@ def check_same_graph(
     counts. Branches left unconverted show up as extra Conv, Add or BatchNormalization nodes."""
     counts, expected = op_counts(proto), op_counts(reference)
     if counts != expected:
-        diff = ", ".join(
-            f"{counts.get(op, 0)} {op} (vs {expected.get(op, 0)})"
-            for op in sorted(set(counts) | set(expected))
-            if counts.get(op, 0) != expected.get(op, 0)
-        )
+        ops = [op for op in set(counts) | set(expected) if counts.get(op, 0) != expected.get(op, 0)]
+        # The ops that tell what went wrong first, then the rest (capped: one readable line).
+        ops.sort(key=lambda op: (op not in _TELLING_OPS, _TELLING_OPS.get(op, 0), op))
+        diff = ", ".join(f"{counts.get(op, 0)} {op} (vs {expected.get(op, 0)})" for op in ops[:6])
+        more = f" and {len(ops) - 6} more op types" if len(ops) > 6 else ""
         raise DeployError(
-            f"exported graph is not {name}'s own: it has {diff} in {name} built fresh; "
+            f"exported graph is not {name}'s own: it has {diff}{more} in {name} built fresh; "
             "branches were left unconverted or the architecture changed"
         )
     shapes, want = conv_weight_shapes(proto), conv_weight_shapes(reference)
