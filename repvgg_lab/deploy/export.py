@@ -3,10 +3,12 @@ that the exported graph really is plain (or, for tv_* nets, the source architect
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +84,25 @@ def export_onnx(
     return proto
 
 
+@contextlib.contextmanager
+def _export_errors(model: nn.Module) -> Iterator[None]:
+    """An operator the exporter cannot write with dynamic height and width (e.g. VGG's adaptive
+    pooling to 7x7) is a one-line DeployError, not a traceback from inside torch.onnx."""
+    try:
+        yield
+    except torch.onnx.errors.OnnxExporterError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DeployError(
+            f"{type(model).__name__} cannot be exported to ONNX with dynamic batch, height and "
+            f"width: {first.split('. Please')[0]}"
+        ) from None
+
+
 def onnx_graph(model: nn.Module, example: Tensor, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """`model` as a checked ONNX graph (what `export_onnx` writes), in memory."""
     buffer = io.BytesIO()
     model.eval()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _export_errors(model):
         # The TorchScript-based exporter handles these conv chains without extra dependencies
         # (the torch.export-based one needs onnxscript); silence its deprecation notice.
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -73,3 +73,13 @@ def test_same_ops_but_other_conv_shapes_fail_the_gate(converted) -> None:
 def test_repvgg_nets_keep_the_plain_ops_rule(converted) -> None:
     message = _one_line_deploy_error(converted, name="repvgg_a0", kwargs={})
     assert "is not plain" in message and "8 Add" in message
+
+
+def test_an_operator_onnx_cannot_export_dynamically_is_a_one_line_error() -> None:
+    # VGG's classifier input: adaptive pooling to 7x7 needs a fixed input size.
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(7))
+    with pytest.raises(DeployError) as info:
+        onnx_graph(net, X)
+    message = str(info.value)
+    assert "cannot be exported to ONNX with dynamic" in message and "adaptive_avg_pool2d" in message
+    assert "\n" not in message
