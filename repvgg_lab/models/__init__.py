@@ -10,6 +10,7 @@ from repvgg_lab.models.checkpoints import (
 )
 from repvgg_lab.models.convert import reparameterize
 from repvgg_lab.models.drift import DriftReport, measure_drift
+from repvgg_lab.models.mobileone import MobileOne, MobileOneBlock, MobileOneConfig
 from repvgg_lab.models.registry import MODELS, create_model, list_models
 from repvgg_lab.models.repconv import BRANCH_SETS, RepConv
 from repvgg_lab.models.repvgg import RepVGG, RepVGGConfig
@@ -21,6 +22,9 @@ __all__ = [
     "MODELS",
     "Checkpoint",
     "DriftReport",
+    "MobileOne",
+    "MobileOneBlock",
+    "MobileOneConfig",
     "QARepVGGBlock",
     "RepVGG",
     "RepVGGBlock",

@@ -12,11 +12,12 @@ from repvgg_lab.reparam import BNStats, qarepvgg_kernel_bias
 
 
 class SqueezeExcite(nn.Module):
-    """Channel attention: x * sigmoid(fc2(relu(fc1(mean(x))))), with 1x1 convs as the FCs."""
+    """Channel attention: x * sigmoid(fc2(relu(fc1(mean(x))))), with 1x1 convs as the FCs;
+    `hidden` (default channels // reduction) is the width between them."""
 
-    def __init__(self, channels: int, reduction: int = 16) -> None:
+    def __init__(self, channels: int, reduction: int = 16, hidden: int | None = None) -> None:
         super().__init__()
-        hidden = max(1, channels // reduction)
+        hidden = hidden or max(1, channels // reduction)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True)
 

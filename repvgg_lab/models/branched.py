@@ -247,3 +247,11 @@ def add_branches(
     if not converted:
         raise ValueError(f"{type(model).__name__} has no conv + BatchNorm2d pair to branch")
     return net
+
+
+def with_branches(net: nn.Module, branches: str, deploy: bool = False) -> nn.Module:
+    """`net` itself for its deploy form or `branches="none"`, else `add_branches(net, branches)`
+    (in place: `net` is new). The registry's builders of ordinary architectures use this."""
+    if deploy or branches == "none":
+        return net
+    return add_branches(net, branches, inplace=True)

@@ -8,8 +8,10 @@ from typing import Any, Protocol
 from torch import nn
 
 from repvgg_lab.errors import UnknownModelError
+from repvgg_lab.models.mobileone import MOBILEONE_VARIANTS
 from repvgg_lab.models.repvgg import QAREPVGG_VARIANTS, REPVGG_VARIANTS
 from repvgg_lab.models.rmnet import RMNET_VARIANTS
+from repvgg_lab.models.small_cnn import SMALL_CNN_VARIANTS
 from repvgg_lab.models.torchvision_nets import torchvision_config, torchvision_names
 
 
@@ -17,7 +19,13 @@ class ModelConfig(Protocol):
     def build(self, num_classes: int = 1000, deploy: bool = False, **kwargs: Any) -> nn.Module: ...
 
 
-MODELS: dict[str, ModelConfig] = {**REPVGG_VARIANTS, **QAREPVGG_VARIANTS, **RMNET_VARIANTS}
+MODELS: dict[str, ModelConfig] = {
+    **REPVGG_VARIANTS,
+    **QAREPVGG_VARIANTS,
+    **RMNET_VARIANTS,
+    **MOBILEONE_VARIANTS,
+    **SMALL_CNN_VARIANTS,
+}
 
 
 def list_models(torchvision: bool = False) -> list[str]:

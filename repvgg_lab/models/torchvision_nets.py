@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 
 from repvgg_lab.errors import ConfigError, UnknownModelError, check_choice, check_integer
-from repvgg_lab.models.branched import add_branches
+from repvgg_lab.models.branched import with_branches
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,8 @@ class TorchvisionConfig:
         )
         if in_channels != 3:
             _replace_stem(net, in_channels, self.name)
-        if deploy or self.branches == "none":
-            return net
         try:
-            return add_branches(net, self.branches, inplace=True)
+            return with_branches(net, self.branches, deploy)
         except ValueError as err:  # no conv + BN pair at all (e.g. a vision transformer)
             raise ConfigError(f"{self.name}: {err}; use branches=none") from None
 

@@ -4,7 +4,13 @@ generated doc blocks they feed."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,3 +146,25 @@ def rendered(results_file: str) -> dict[str, Any]:
 def setup_logging(level: int = logging.INFO) -> None:
     """Log lines with time and source on stderr (the command lines' default)."""
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+
+
+def run_job(out: Path, overrides: list[str], threads: int) -> dict[str, float]:
+    """`python train.py OVERRIDES` writing to `out`, in a fresh process; its metrics.json."""
+    command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={out}", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"train.py failed in {out} (exit {done.returncode}):\n{tail}")
+    log.info("%s: %.0f s", out, time.perf_counter() - start)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for one value) and the values."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }

@@ -12,12 +12,8 @@ the baseline on test *and* validation."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +23,7 @@ from typing import Any
 import torch
 
 from repvgg_lab.deploy import load_source
-from repvgg_lab.studies.common import ROOT, render_table, table
+from repvgg_lab.studies.common import render_table, run_job, stats, table
 from repvgg_lab.utils import count_macs, count_params, measure_latency, paired_ratio
 
 log = logging.getLogger(__name__)
@@ -54,19 +50,6 @@ class Settings:
     latency_rounds: int = 25
     threads: int = 1
     out: str = "outputs/prune_study"
-
-
-def run_job(out: Path, overrides: list[str], threads: int) -> dict[str, float]:
-    """`python train.py OVERRIDES` writing to `out`, in a fresh process; its metrics.json."""
-    command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={out}", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"train.py failed in {out} (exit {done.returncode}):\n{tail}")
-    log.info("%s: %.0f s", out, time.perf_counter() - start)
-    return json.loads((out / "metrics.json").read_text())
 
 
 def _prune_overrides(s: Settings, target: float, last: Path) -> list[str]:
@@ -136,21 +119,13 @@ def latency(s: Settings, seed: int) -> dict[str, Any]:
     return result
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": values,
-    }
-
-
 def _target_entry(rows: list[dict[str, float]], summary: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {key: _stats([r[key] for r in rows]) for key in ACC_KEYS}
+    entry: dict[str, Any] = {key: stats([r[key] for r in rows]) for key in ACC_KEYS}
     entry["macs_before"] = rows[0]["prune/macs_before"]
-    entry["macs_after"] = _stats([r["prune/macs_after"] for r in rows])
-    entry["params_after"] = _stats([r["prune/params_after"] for r in rows])
+    entry["macs_after"] = stats([r["prune/macs_after"] for r in rows])
+    entry["params_after"] = stats([r["prune/params_after"] for r in rows])
     cuts = [1 - r["prune/macs_after"] / r["prune/macs_before"] for r in rows]
-    entry["macs_reduction"] = _stats(cuts)
+    entry["macs_reduction"] = stats(cuts)
     for split in ("test", "val"):
         base = summary[f"baseline_{split}_acc"]["mean"]
         entry[f"{split}_delta_points"] = 100 * (entry[f"finetune/{split}/acc"]["mean"] - base)
@@ -185,7 +160,7 @@ def summarize(targets: list[float], runs: dict[str, dict[str, Any]]) -> dict[str
     for split in ("test", "val"):
         for run in ("baseline", "sparse"):
             values = [r[run][f"deploy/{split}/acc"] for r in runs.values()]
-            summary[f"{run}_{split}_acc"] = _stats(values)
+            summary[f"{run}_{split}_acc"] = stats(values)
     for target in map(str, targets):
         rows = [r["pruned"][target] for r in runs.values()]
         summary["targets"][target] = _target_entry(rows, summary)

@@ -12,16 +12,16 @@ from torch import nn
 
 from repvgg_lab.models import RepVGGBlock, create_model, list_models, reparameterize
 from repvgg_lab.models.plain import PlainNet
+from repvgg_lab.models.repconv import RepConv
 from repvgg_lab.reparam import rel_max
+from tests.helpers.contract import FP32_REL
 
 FAST_VARIANTS = {"repvgg_a0", "repvgg_b0"}
-# fp32 logits of a converted net vs the float64 multi-branch net; measured 0.5-3.4e-6 over the
-# registry at 32x32 (1x1 final maps, so no averaging), while a wrong fusion is off by O(1).
-FP32_REL = 2e-5
 
 
-def _blocks(model: nn.Module) -> list[RepVGGBlock]:
-    return [m for m in model.modules() if isinstance(m, RepVGGBlock)]
+def _blocks(model: nn.Module) -> list[RepConv]:
+    """The re-parameterizable convs of a model (RepVGG, QARepVGG and MobileOne blocks)."""
+    return [m for m in model.modules() if isinstance(m, RepConv)]
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

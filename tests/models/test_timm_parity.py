@@ -13,24 +13,13 @@ from timm.utils.model import reparameterize_model
 from repvgg_lab.models import create_model, load_pretrained, reparameterize
 from repvgg_lab.reparam import rel_max
 from repvgg_lab.testing import randomize_bn
-
-
-def _random_timm(name: str, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return randomize_bn(timm.create_model(name), seed=seed).eval()
-
-
-def _empty(name: str, **kwargs) -> torch.nn.Module:
-    """Our model with uninitialised weights (about to be overwritten by load_pretrained)."""
-    with torch.device("meta"):
-        model = create_model(name, **kwargs)
-    return model.to_empty(device="cpu").eval()
+from tests.helpers.timm_nets import empty_model, random_timm
 
 
 @pytest.mark.parametrize("name", ["repvgg_a0", "repvgg_b1g4"])
 def test_timm_weights_give_timm_logits_before_and_after_conversion(name) -> None:
-    theirs = _random_timm(name, seed=1)
-    ours = load_pretrained(_empty(name), theirs.state_dict())
+    theirs = random_timm(name, seed=1)
+    ours = load_pretrained(empty_model(name), theirs.state_dict())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = theirs(x)
@@ -40,7 +29,7 @@ def test_timm_weights_give_timm_logits_before_and_after_conversion(name) -> None
         assert rel_max(expected, ours_plain(x)) <= 1e-6
         assert rel_max(theirs_plain(x), ours_plain(x)) <= 1e-6
     # timm's converted weights load into our deploy-form model and compute timm's function.
-    deploy = load_pretrained(_empty(name, deploy=True), theirs_plain.state_dict())
+    deploy = load_pretrained(empty_model(name, deploy=True), theirs_plain.state_dict())
     with torch.no_grad():
         assert rel_max(theirs_plain(x), deploy(x)) <= 1e-6
 
@@ -80,7 +69,7 @@ def test_conversion_is_the_correctly_rounded_plain_net_and_beats_fp32_fusion() -
         x = torch.randn(8, 3, 96, 96, generator=torch.Generator().manual_seed(seed))
         truth = _pooled_and_logits(copy.deepcopy(source).double(), x.double())
         for kind, net in nets.items():
-            deploy = _empty("repvgg_a0", num_classes=100, deploy=True)
+            deploy = empty_model("repvgg_a0", num_classes=100, deploy=True)
             load_pretrained(deploy, net.state_dict())  # rounds float64 kernels to fp32 once
             outs = _pooled_and_logits(deploy, x)
             for i in range(2):

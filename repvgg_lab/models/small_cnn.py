@@ -1,0 +1,51 @@
+"""A small ordinary CNN (conv + BN + ReLU, a strided, a dilated and a 5x5 conv), registered as
+`small_cnn`: the stand-in for a user's own net in the branch studies. `branches` trains it with
+`add_branches`' branch sets; its deploy form is always this plain architecture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from repvgg_lab.models.branched import with_branches
+
+# (out channels, kernel, stride, padding, dilation) per conv + BN + ReLU layer.
+LAYERS = (
+    (16, 3, 1, 1, 1),
+    (32, 3, 2, 1, 1),
+    (32, 3, 1, 2, 2),
+    (64, 5, 2, 2, 1),
+    (64, 3, 1, 1, 1),
+)
+
+
+class SmallCNN(nn.Module):
+    """Five conv + BN + ReLU layers (`features`), global average pooling and `fc`."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        layers, width = [], in_channels
+        for out, k, s, p, d in LAYERS:
+            conv = nn.Conv2d(width, out, k, s, p, d, bias=False)
+            layers += [conv, nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            width = out
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+@dataclass(frozen=True)
+class SmallCNNConfig:
+    """`small_cnn` with train-time branches ("none", "repvgg", "acb", "dbb")."""
+
+    branches: str = "none"
+
+    def build(self, num_classes: int = 1000, deploy: bool = False, in_channels: int = 3):
+        net = SmallCNN(num_classes=num_classes, in_channels=in_channels)
+        return with_branches(net, self.branches, deploy)
+
+
+SMALL_CNN_VARIANTS = {"small_cnn": SmallCNNConfig()}
