@@ -25,6 +25,7 @@ from repvgg_lab.models import (
     save_weights,
 )
 from repvgg_lab.models.checkpoints import plain_metadata
+from repvgg_lab.models.convert import convertible_modules
 from repvgg_lab.models.plain import PlainNet
 from repvgg_lab.models.registry import get_config
 
@@ -205,7 +206,8 @@ def load_source(path: str | Path, model: str | None = None) -> Source:
     net = _build(name, num_classes, deploy, kwargs)
     _load(net, ckpt, path, name)
     src = Source(name, num_classes, in_channels, fmt, net.eval(), None, kwargs, input_size, weights)
-    if not deploy:
+    # A net trained without branches (tv_* with branches=none) is already plain: used as it is.
+    if not deploy and convertible_modules(net):
         src.trained, src.plain = net, reparameterize(net).eval()
     log.info(
         "%s: %s checkpoint (%s format, %s weights), %d classes%s",

@@ -14,7 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from repvgg_lab.deploy.export import check_plain_graph, export_onnx, export_program, load_program
+from repvgg_lab.deploy.export import (
+    check_exported_graph,
+    export_onnx,
+    export_program,
+    load_program,
+)
 from repvgg_lab.deploy.options import DEFAULT_INPUT_SIZE, DeployOptions
 from repvgg_lab.deploy.report import FILES, drift_metrics, latency_metrics
 from repvgg_lab.deploy.source import Source, load_source, save_plain
@@ -208,10 +213,13 @@ def stage(
     pruned: Pruned, verified: Verified, tolerance: float, opset: int, staging: Path
 ) -> Staged:
     """Write ONNX, program and weights into `staging` and check each: the ONNX graph is plain
-    and within tolerance of float64 (on the batch and on another shape), the others reload."""
+    (tv_* nets: the architecture's own graph) and within tolerance of float64 (on the batch and
+    on another shape), the others reload."""
     src, x, truth = pruned.src, verified.x, pruned.truth
     proto = export_onnx(src.plain, staging / FILES["onnx"], x[:2], opset)
-    ops = check_plain_graph(proto)
+    ops = check_exported_graph(
+        proto, src.model_name, src.num_classes, src.model_kwargs, x[:2], opset
+    )
     runner = OnnxRunner(staging / FILES["onnx"])
     size = x.shape[-1]
     other = (3, src.in_channels, size + 16, size + 8)

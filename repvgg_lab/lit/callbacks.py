@@ -101,7 +101,8 @@ class Reparameterize(pl.Callback):
                 # .to() is in place on modules: cast a copy so the trained net keeps its dtype.
                 same = next(net.parameters()).dtype == dtype
                 source = net if same else copy.deepcopy(net).to(dtype)
-                converted[dtype] = (source, reparameterize(source))
+                # A net trained without branches (tv_* with branches=none) is used as it is.
+                converted[dtype] = (source, reparameterize(source, allow_plain=True))
             source, plain = converted[dtype]
             with tf32(with_tf32):
                 report = measure_drift(source, plain, inputs, allow_tf32=with_tf32)

@@ -36,7 +36,9 @@ def _has_plain_blocks(model: nn.Module) -> bool:
     return any(getattr(m, "deploy", False) is True for m in model.modules())
 
 
-def reparameterize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+def reparameterize(
+    model: nn.Module, *, inplace: bool = False, allow_plain: bool = False
+) -> nn.Module:
     """Return the plain (single-branch) equivalent of `model`.
 
     Every re-parameterizable module anywhere in the tree (a user's model that embeds the blocks
@@ -45,11 +47,16 @@ def reparameterize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     rounded once to the model's dtype, on the model's device. Unless `inplace`, the result is a new
     module and `model` is left untouched; only the non-convertible parts are deep-copied.
     With `inplace`, use the returned module: a convertible root cannot change identity.
+    With `allow_plain`, a net without any branches (e.g. a torchvision net trained with
+    branches="none") is its own plain form, returned (copied unless `inplace`) with a log line.
     """
     targets = convertible_modules(model)
     if not targets:
-        if _has_plain_blocks(model):
-            log.info("model is already re-parameterized; nothing to convert")
+        if _has_plain_blocks(model) or allow_plain:
+            if _has_plain_blocks(model):
+                log.info("model is already re-parameterized; nothing to convert")
+            else:
+                log.info("%s has no branches: it is its own plain form", type(model).__name__)
             return model if inplace else copy.deepcopy(model)
         raise TypeError(
             f"{type(model).__name__} contains no re-parameterizable repvgg_lab blocks; build it "

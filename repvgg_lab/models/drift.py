@@ -78,6 +78,17 @@ def _unit_scale(x: Tensor) -> Tensor:
     return x / std if float(std) > 0 else x
 
 
+def _plain_block(plain: nn.Module, source_block: nn.Module, name: str) -> nn.Module:
+    """What stands for a source block in the plain net: its plain module, followed by the BN
+    restored beside it when the block replaced a user's conv + BN pair (`add_branches`)."""
+    module = plain.get_submodule(name)
+    bn_name = getattr(source_block, "bn_name", None)
+    if bn_name is None:
+        return module
+    parent = name.rpartition(".")[0]
+    return nn.Sequential(module, plain.get_submodule(f"{parent}.{bn_name}" if parent else bn_name))
+
+
 def _block_drift(
     source: nn.Module,
     plain: nn.Module,
@@ -93,7 +104,7 @@ def _block_drift(
         xb = _unit_scale(store[name + ".in"])
         truth = reference.get_submodule(name)(xb)
         multi = source.get_submodule(name)(xb.to(dtype))
-        single = plain.get_submodule(name)(xb.to(dtype))
+        single = _plain_block(plain, source.get_submodule(name), name)(xb.to(dtype))
         blocks[name] = {
             "train_rel_max": rel_max(truth, multi),
             "deploy_rel_max": rel_max(truth, single),

@@ -16,6 +16,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 
 from repvgg_lab.errors import ConfigError, is_integer
+from repvgg_lab.models.registry import resolve as resolve_model
 from repvgg_lab.pipeline.common import user_errors
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -97,8 +98,20 @@ def _check_value(key: str, value: Any, check: Check) -> None:
         raise ConfigError(f"{key} must be {relation} {low:g}, got {value!r}")
 
 
+def _check_model(cfg: DictConfig) -> None:
+    """`model.model_name` must name a registry model (`tv_<torchvision classifier>` included)
+    and `model.model_kwargs` hold values its config accepts (e.g. tv_*'s `branches`)."""
+    name = OmegaConf.select(cfg, "model.model_name", default=None)
+    if not isinstance(name, str):
+        return
+    kwargs = OmegaConf.select(cfg, "model.model_kwargs", default=None)
+    kwargs = OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else {}
+    resolve_model(name, **kwargs)
+
+
 def check_config(cfg: DictConfig, checks: Mapping[str, Check], command: str = "train") -> None:
-    """Refuse missing mandatory values and values of the wrong kind or range (ConfigError)."""
+    """Refuse missing mandatory values, values of the wrong kind or range (ConfigError) and
+    unknown models or model options."""
     missing = _missing(cfg)
     if missing:
         key = missing[0]
@@ -107,6 +120,7 @@ def check_config(cfg: DictConfig, checks: Mapping[str, Check], command: str = "t
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
             _check_value(key, value, check)
+    _check_model(cfg)
 
 
 def compose_checked(config: str, argv: Sequence[str], checks: Mapping[str, Check]) -> DictConfig:

@@ -25,7 +25,7 @@ from repvgg_lab.pipeline.prune import prune_options
 from repvgg_lab.pipeline.qat import qat_options, run_qat
 from repvgg_lab.pipeline.summary import print_summary, train_summary
 from repvgg_lab.pipeline.tracking import publish_training_run
-from repvgg_lab.prune import PruneOptions, prune_and_measure
+from repvgg_lab.prune import PruneOptions, check_prunable, prune_and_measure
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,8 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     pruning = prune_options(cfg.get("prune"))  # a bad prune option fails now, not after training
+    if pruning is not None:
+        check_prunable(cfg.model.model_name)  # so does a model pruning cannot take
     qat = qat_options(cfg.finetune)
     _check_finetune(cfg.finetune)
     output_dir = Path(cfg.output_dir)

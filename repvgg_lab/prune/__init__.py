@@ -14,13 +14,14 @@ from repvgg_lab.prune.gates import gate_parameters, shrink_gates_, sparsity_pena
 from repvgg_lab.prune.measure import PruneResult, prune_and_measure, prune_latency, prune_net
 from repvgg_lab.prune.options import PruneOptions
 from repvgg_lab.prune.plan import channel_scores
-from repvgg_lab.prune.view import as_plain_net
+from repvgg_lab.prune.view import as_plain_net, check_prunable
 
 __all__ = [
     "PruneOptions",
     "PruneResult",
     "as_plain_net",
     "channel_scores",
+    "check_prunable",
     "gate_parameters",
     "prune_and_measure",
     "prune_channels",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from repvgg_lab.errors import PruningError
 from repvgg_lab.models.convert import reparameterize
 from repvgg_lab.models.plain import PlainLayer, PlainNet
+from repvgg_lab.models.registry import create_model
 from repvgg_lab.models.repvgg import RepVGG
 
 
@@ -40,3 +42,14 @@ def as_plain_net(model: nn.Module) -> PlainNet:
     ]
     net = PlainNet(layers, copy.deepcopy(deployed.head))
     return net.train(model.training)
+
+
+def check_prunable(model_name: str) -> None:
+    """Refuse, before any training, a registry model whose plain form pruning cannot take
+    (tv_* nets keep torchvision's architecture; SE models): one-line PruningError."""
+    with torch.device("meta"):  # the structure is enough: nothing allocated or initialised
+        plain = create_model(model_name, num_classes=2, deploy=True)
+    try:
+        as_plain_net(plain)
+    except PruningError as err:
+        raise PruningError(f"cannot prune {model_name}: {err}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from repvgg_lab.errors import ConfigError
+from repvgg_lab.errors import ConfigError, UnknownModelError
 from repvgg_lab.pipeline.cli import DEPLOY_CHECKS, TRAIN_CHECKS, compose_checked
 from tests.helpers.cli import run_script
 
@@ -20,6 +20,10 @@ MISTAKES = {
     "not positive": (["optimizer.lr=0"], "optimizer.lr must be > 0, got 0"),
     "bad syntax": (["seed=[1,2"], "cannot parse the command line's overrides"),
     "mistake inside a sweep": (["seed=1,2", "nope=3"], "unknown config key 'nope'"),
+    "bad model option": (
+        ["model=tv_resnet18", "model.model_kwargs.branches=bogus"],
+        "branches must be one of none, repvgg, acb, dbb, got 'bogus'",
+    ),
 }
 
 
@@ -33,6 +37,22 @@ def test_train_config_mistakes_are_named(argv: list[str], message: str) -> None:
 def test_group_option_error_lists_the_allowed_options() -> None:
     with pytest.raises(ConfigError, match="choose one of .*repvgg_a0.*rmnet_resnet50"):
         compose_checked("train", ["model=repvgg_z9"], TRAIN_CHECKS)
+
+
+def test_unknown_model_names_are_named_before_the_run() -> None:
+    for argv, shown in (
+        (["model.model_name=repvgg_z9"], "tv_<any torchvision classifier>"),
+        (["model=tv_resnet18", "model.model_name=tv_nope"], "tv_resnet18"),
+    ):
+        with pytest.raises(UnknownModelError) as info:
+            compose_checked("train", argv, TRAIN_CHECKS)
+        assert shown in str(info.value) and "\n" not in str(info.value)
+
+
+def test_any_torchvision_classifier_composes_through_the_tv_config() -> None:
+    argv = ["model=tv_resnet18", "model.model_name=tv_vgg11_bn", "model.model_kwargs.branches=acb"]
+    cfg = compose_checked("train", argv, TRAIN_CHECKS)
+    assert cfg.model.model_name == "tv_vgg11_bn" and cfg.model.model_kwargs.branches == "acb"
 
 
 def test_good_command_lines_compose() -> None:
@@ -49,6 +69,11 @@ def test_good_command_lines_compose() -> None:
         ("train.py", ["model=no_such_model"], "model=no_such_model is not an option"),
         ("train.py", ["-m", "seed=1,2", "no_such_key=1"], "unknown config key 'no_such_key'"),
         ("deploy.py", ["ckpt=x", "nope=1"], "unknown config key 'nope'"),
+        (
+            "train.py",
+            ["model=tv_resnet18", "model.model_kwargs.branches=bogus"],
+            "branches must be one of none, repvgg, acb, dbb, got 'bogus'",
+        ),
     ],
 )
 def test_entry_points_print_one_line_and_exit_2(script: str, argv: list[str], message: str):
