@@ -20,9 +20,18 @@ from collections.abc import Sequence
 import torch
 from torch import fx, nn
 
-from repvgg_lab.models.repconv import Geometry, RepConv, numeric_padding, usable_branches
+from repvgg_lab.models.repconv import (
+    BRANCH_SETS,
+    Geometry,
+    RepConv,
+    numeric_padding,
+    usable_branches,
+)
 
 log = logging.getLogger(__name__)
+
+# The `branches` values of the registry's ordinary architectures (small_cnn, tv_*).
+BRANCH_CHOICES = ("none", *BRANCH_SETS)
 
 
 class FoldedBN(nn.Identity):

@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
-from repvgg_lab.models.branched import with_branches
+from repvgg_lab.errors import ConfigError, check_choice
+from repvgg_lab.models.branched import BRANCH_CHOICES, with_branches
 
 # (out channels, kernel, stride, padding, dilation) per conv + BN + ReLU layer.
 LAYERS = (
@@ -42,6 +44,11 @@ class SmallCNNConfig:
     """`small_cnn` with train-time branches ("none", "repvgg", "acb", "dbb")."""
 
     branches: str = "none"
+    # Deploys as this architecture: deploy checks its graph against this net's own.
+    keeps_architecture: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_choice(ConfigError, "branches", self.branches, BRANCH_CHOICES)
 
     def build(self, num_classes: int = 1000, deploy: bool = False, in_channels: int = 3):
         net = SmallCNN(num_classes=num_classes, in_channels=in_channels)

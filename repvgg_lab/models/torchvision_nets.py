@@ -20,12 +20,11 @@ import torchvision
 from torch import nn
 
 from repvgg_lab.errors import ConfigError, UnknownModelError, check_choice, check_integer
-from repvgg_lab.models.branched import with_branches
+from repvgg_lab.models.branched import BRANCH_CHOICES, with_branches
 
 log = logging.getLogger(__name__)
 
 PREFIX = "tv_"
-BRANCHES = ("none", "repvgg", "acb", "dbb")
 # Offered when a tv_ name is unknown and nothing close to it exists.
 _EXAMPLES = ("resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "efficientnet_b0")
 
@@ -65,7 +64,7 @@ class TorchvisionConfig:
     def __post_init__(self) -> None:
         if self.arch not in torchvision_archs():
             raise _unknown(self.name)
-        check_choice(ConfigError, "branches", self.branches, BRANCHES)
+        check_choice(ConfigError, "branches", self.branches, BRANCH_CHOICES)
 
     @property
     def name(self) -> str:
