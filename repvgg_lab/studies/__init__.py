@@ -1,4 +1,5 @@
-"""Studies behind the docs: the default run, drift, the gamma sweep, pruning, RMNet cost, int8.
+"""Studies behind the docs: the default run, drift, the gamma sweep, pruning, RMNet cost, int8,
+branches for any CNN.
 
 `DOC_BLOCKS` maps every generated block in docs/ to the results file under docs/results/ it is
 rendered from and its renderer (the whole record, as `repvgg_lab.results.read_results` reads it,
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from repvgg_lab.studies import (
+    any_cnn,
     default_run,
     drift_probe,
     gamma_sweep,
@@ -37,6 +39,8 @@ DOC_BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "quant_layers": ("quant_study.json", quant_study.render_layers),
     "quant_speed": ("quant_study.json", quant_study.render_speed),
     "quant_params": ("quant_study.json", quant_study.render_params),
+    "any_cnn": ("any_cnn.json", any_cnn.render),
+    "any_cnn_conversion": ("any_cnn.json", any_cnn.render_conversion),
 }
 
 __all__ = ["DOC_BLOCKS"]

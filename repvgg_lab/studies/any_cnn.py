@@ -33,7 +33,7 @@ class Settings:
     """The study's recipe (the command line's options)."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 15
+    epochs: int = 20
     branches: list[str] = field(default_factory=lambda: ["none", "repvgg", "acb", "dbb"])
     threads: int = 1
     out: str = "outputs/any_cnn"
@@ -165,7 +165,8 @@ def render(record: dict[str, Any]) -> str:
         ("deployed net = plain run's", "s"),
     ]
     rows = []
-    for branches, e in r["summary"].items():
+    for branches in r["settings"]["branches"]:
+        e = r["summary"][branches]
         rows.append(
             [
                 branches,
