@@ -47,6 +47,28 @@ def new_conv(
     )
 
 
+def stem_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """`conv` rebuilt for `in_channels` inputs (same everything else, on its device and dtype),
+    kaiming-initialised as torchvision initialises its convs: a stem for grey or extra inputs."""
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=1,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    return new
+
+
 class ConvBN(nn.Sequential):
     """Bias-free conv followed by BatchNorm (state-dict keys `conv.*`, `bn.*`); padding defaults
     to 'same' for odd kernels."""

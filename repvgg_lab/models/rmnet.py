@@ -32,7 +32,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import Conv2dNormActivation
 
 from repvgg_lab.errors import ConversionError
-from repvgg_lab.models.layers import new_conv
+from repvgg_lab.models.layers import new_conv, stem_conv
 from repvgg_lab.models.plain import PlainLayer, PlainNet, activation_bounds, make_activation
 from repvgg_lab.models.repvgg import Head
 from repvgg_lab.reparam import BNStats
@@ -113,20 +113,6 @@ def _require(module: nn.Module, kind: type | tuple[type, ...], where: str, why: 
         raise ConversionError(f"{where} is {type(module).__name__}; {why}")
 
 
-def _replace_stem(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """The stem conv for another number of input channels (kaiming init, like torchvision)."""
-    new = nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        bias=conv.bias is not None,
-    )
-    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
-    return new
-
-
 class RMResNet(ResNet):
     """torchvision's ResNet (same modules and state-dict keys) with an exact `to_plain()`.
 
@@ -145,7 +131,7 @@ class RMResNet(ResNet):
     ) -> None:
         super().__init__(block, list(layers), num_classes=num_classes, **kwargs)
         if in_channels != 3:
-            self.conv1 = _replace_stem(self.conv1, in_channels)
+            self.conv1 = stem_conv(self.conv1, in_channels)
         self.grouped_bottleneck = grouped_bottleneck
         self.deploy = False
 
@@ -232,7 +218,7 @@ class RMMobileNetV2(MobileNetV2):
         super().__init__(num_classes=num_classes, **kwargs)
         if in_channels != 3:
             stem = self.features[0][0]
-            self.features[0][0] = _replace_stem(stem, in_channels)
+            self.features[0][0] = stem_conv(stem, in_channels)
         self.merge_pointwise = merge_pointwise
         self.deploy = False
 

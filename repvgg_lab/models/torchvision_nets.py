@@ -21,6 +21,7 @@ from torch import nn
 
 from repvgg_lab.errors import ConfigError, UnknownModelError, check_choice, check_integer
 from repvgg_lab.models.branched import BRANCH_CHOICES, with_branches
+from repvgg_lab.models.layers import stem_conv
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +95,8 @@ def _replace_stem(net: nn.Module, in_channels: int, name: str) -> None:
     if found is None or found[1].in_channels != 3 or found[1].groups != 1:
         raise ConfigError(f"{name}: no 3-channel stem conv to adapt to in_channels={in_channels}")
     path, conv = found
-    stem = nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-    )
-    nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
-    if stem.bias is not None:
-        nn.init.zeros_(stem.bias)
     parent, _, child = path.rpartition(".")
-    setattr(net.get_submodule(parent), child, stem.to(conv.weight.device, conv.weight.dtype))
+    setattr(net.get_submodule(parent), child, stem_conv(conv, in_channels))
     log.info("%s: stem %s takes %d input channels", name, path, in_channels)
 
 
