@@ -14,7 +14,9 @@ import torchvision
 from torch import nn
 
 from repvgg_lab import add_branches, reparameterize
+from repvgg_lab.models import create_model
 from repvgg_lab.models.branched import BranchedConv, FoldedBN
+from repvgg_lab.models.small_cnn import SmallCNN
 from repvgg_lab.reparam import rel_max
 from repvgg_lab.testing import randomize_bn
 
@@ -156,3 +158,15 @@ def test_none_copies_and_a_net_without_pairs_is_a_one_line_error() -> None:
         add_branches(net, "dbb")
     with pytest.raises(ValueError, match="unknown branch set 'big'"):
         add_branches(TinyUNet(), "big")
+
+
+@pytest.mark.parametrize("branches", ["repvgg", "acb", "dbb"])
+def test_small_cnn_from_the_registry_converts_to_its_own_deploy_form(branches) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    branched = _check(lambda: SmallCNN(num_classes=10), branches, x, seed=4)
+    registry = create_model("small_cnn", num_classes=10, branches=branches)
+    assert {n for n, m in registry.named_modules() if isinstance(m, BranchedConv)} == {
+        n for n, m in branched.named_modules() if isinstance(m, BranchedConv)
+    }
+    plain = create_model("small_cnn", num_classes=10, deploy=True)
+    plain.load_state_dict(reparameterize(registry).state_dict(), strict=True)
