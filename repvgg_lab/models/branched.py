@@ -248,8 +248,10 @@ def add_branches(
         parent, _, child = name.rpartition(".")
         holder = net.get_submodule(parent)
         bn = net.get_submodule(bn_name)
-        setattr(holder, child, BranchedConv(conv, bn, bn_name.rpartition(".")[2], kept))
-        setattr(holder, bn_name.rpartition(".")[2], FoldedBN(bn))
+        # The new modules take the BN's train/eval mode: an eval-mode net stays in eval mode.
+        branched = BranchedConv(conv, bn, bn_name.rpartition(".")[2], kept).train(bn.training)
+        setattr(holder, child, branched)
+        setattr(holder, bn_name.rpartition(".")[2], FoldedBN(bn).train(bn.training))
         left_out = f" (left out: {', '.join(k for k, _ in dropped)})" if dropped else ""
         log.info("%s + %s: branches %s%s", name, bn_name, "+".join(kept), left_out)
         converted += 1

@@ -324,7 +324,7 @@ class RepConv(nn.Module):
         )
         with torch.no_grad():
             self._kernel_bias(out=(conv.weight, conv.bias))
-        return conv
+        return conv.train(self.training)
 
     def _train_names(self) -> list[str]:
         return [self.NAMES[k] for k in dict.fromkeys(self.branches)] + list(self.EXTRA_TRAIN)

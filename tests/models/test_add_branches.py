@@ -156,3 +156,19 @@ def test_none_copies_and_a_net_without_pairs_is_a_one_line_error() -> None:
         add_branches(net, "dbb")
     with pytest.raises(ValueError, match="unknown branch set 'big'"):
         add_branches(TinyUNet(), "big")
+
+
+def test_the_branched_net_keeps_the_mode_of_the_net_it_came_from() -> None:
+    """A pretrained net in eval mode gives the same outputs right away, without another .eval(),
+    and running statistics are not updated by a forward pass."""
+    torch.manual_seed(6)
+    source = randomize_bn(nn.Sequential(*_conv_bn(3, 8), *_conv_bn(8, 8)), seed=6).eval()
+    branched = add_branches(source, "dbb")
+    assert not any(m.training for m in branched.modules())
+    x = torch.randn(2, 3, 8, 8)
+    before = copy.deepcopy(branched.state_dict())
+    with torch.no_grad():
+        assert rel_max(source(x), branched(x)) <= 1e-6
+    assert all(torch.equal(v, branched.state_dict()[k]) for k, v in before.items())
+    assert not any(m.training for m in reparameterize(branched).modules())
+    assert all(m.training for m in add_branches(source.train(), "dbb").modules())
