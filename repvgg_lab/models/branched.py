@@ -74,7 +74,8 @@ class BranchedConv(RepConv):
             g.padding,
             g.dilation,
             g.groups,
-            branches=tuple(branches),
+            # "kxk" first: branch 0 is the original conv + BN (`_start_as`).
+            branches=tuple(sorted(branches, key=lambda kind: kind != "kxk")),
         )
         self.bn_name, self.conv_bias = bn_name, conv.bias is not None
         self.to(device=conv.weight.device, dtype=conv.weight.dtype)
@@ -213,6 +214,17 @@ def _branch_target(net: nn.Module, name: str, bn_name: str | None) -> str | None
     return problem
 
 
+def _check_branches(branches: str | Sequence[str]) -> None:
+    """ValueError for an unknown branch set or kind, or an explicit list without "kxk" (the
+    original conv + BN becomes the first kxk branch)."""
+    usable_branches(branches, Geometry(1, 1, (3, 3), padding=(1, 1)), strict=False)
+    if not isinstance(branches, str) and "kxk" not in branches:
+        raise ValueError(
+            f"branches {list(branches)} has no 'kxk': the original conv + BN is the first kxk "
+            "branch, so an explicit list for add_branches must name 'kxk'"
+        )
+
+
 def add_branches(
     model: nn.Module, branches: str | Sequence[str] = "dbb", *, inplace: bool = False
 ) -> nn.Module:
@@ -225,7 +237,7 @@ def add_branches(
     per conv. `reparameterize` of the result returns `model`'s own architecture."""
     if isinstance(branches, str) and branches == "none":
         return model if inplace else copy.deepcopy(model)
-    usable_branches(branches, Geometry(1, 1, (3, 3), padding=(1, 1)), strict=False)
+    _check_branches(branches)
     net = model if inplace else copy.deepcopy(model)
     pairs = dict(conv_bn_pairs(net))
     inside = [n for n, m in net.named_modules() if n and _is_branched(m)]

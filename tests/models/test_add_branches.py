@@ -172,3 +172,18 @@ def test_the_branched_net_keeps_the_mode_of_the_net_it_came_from() -> None:
     assert all(torch.equal(v, branched.state_dict()[k]) for k, v in before.items())
     assert not any(m.training for m in reparameterize(branched).modules())
     assert all(m.training for m in add_branches(source.train(), "dbb").modules())
+
+
+def test_an_explicit_list_may_name_kxk_anywhere_but_must_name_it() -> None:
+    """The original conv + BN is the first kxk branch, wherever "kxk" is in the list."""
+    torch.manual_seed(7)
+    source = randomize_bn(nn.Sequential(*_conv_bn(3, 8)), seed=7).eval()
+    x = torch.randn(2, 3, 8, 8)
+    for kinds in (["1x1", "kxk"], ["1x1_kxk", "kxk", "1x1_avg"]):
+        branched = add_branches(source, kinds).eval()
+        assert branched[0].branches[0] == "kxk"
+        with torch.no_grad():
+            assert rel_max(source(x), branched(x)) <= 1e-6
+    with pytest.raises(ValueError, match="'kxk'") as err:
+        add_branches(source, ["1x1", "1x1_kxk"])
+    assert "\n" not in str(err.value)
