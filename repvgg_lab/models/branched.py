@@ -78,6 +78,7 @@ class BranchedConv(RepConv):
             branches=tuple(sorted(branches, key=lambda kind: kind != "kxk")),
         )
         self.bn_name, self.conv_bias = bn_name, conv.bias is not None
+        self.conv_padding = conv.padding  # "same" or "valid" stays a string in the plain conv
         self.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             self._start_as(conv, bn)
@@ -100,7 +101,7 @@ class BranchedConv(RepConv):
 
     def to_plain(self) -> nn.Conv2d:
         """The original conv, holding the fused kernel (and a zero bias if it had a bias)."""
-        conv = self._fused_conv()
+        conv = self._fused_conv(self.conv_padding)
         with torch.no_grad():
             if self.conv_bias:
                 conv.bias.zero_()

@@ -309,7 +309,8 @@ class RepConv(nn.Module):
             return self.reparam_conv.weight, self.reparam_conv.bias
         return self._kernel_bias(dtype=dtype)
 
-    def _fused_conv(self, bias: bool = True) -> nn.Conv2d:
+    def _fused_conv(self, padding: str | tuple[int, int] | None = None) -> nn.Conv2d:
+        """The fused conv with bias; `padding` (default: the geometry's) may be "same"/"valid"."""
         g = self.geometry
         conv = new_conv(
             next(self.parameters()),
@@ -317,10 +318,9 @@ class RepConv(nn.Module):
             g.out_channels,
             g.kernel,
             stride=g.stride,
-            padding=g.padding,
+            padding=g.padding if padding is None else padding,
             dilation=g.dilation,
             groups=g.groups,
-            bias=bias,
         )
         with torch.no_grad():
             self._kernel_bias(out=(conv.weight, conv.bias))

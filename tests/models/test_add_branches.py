@@ -187,3 +187,15 @@ def test_an_explicit_list_may_name_kxk_anywhere_but_must_name_it() -> None:
     with pytest.raises(ValueError, match="'kxk'") as err:
         add_branches(source, ["1x1", "1x1_kxk"])
     assert "\n" not in str(err.value)
+
+
+def test_a_same_padded_conv_comes_back_same_padded() -> None:
+    torch.manual_seed(8)
+    conv = nn.Conv2d(3, 8, 3, padding="same", bias=False)
+    source = randomize_bn(nn.Sequential(conv, nn.BatchNorm2d(8)), seed=8).eval()
+    branched = randomize_bn(add_branches(source, "dbb"), seed=9).eval()
+    plain = reparameterize(branched)
+    assert plain[0].padding == "same"
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        assert rel_max(branched(x), plain(x)) <= 1e-5
