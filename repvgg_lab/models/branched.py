@@ -269,8 +269,21 @@ def add_branches(
         log.info("%s + %s: branches %s%s", name, bn_name, "+".join(kept), left_out)
         converted += 1
     if not converted:
-        raise ValueError(f"{type(model).__name__} has no conv + BatchNorm2d pair to branch")
+        raise ValueError(_nothing_to_branch(model, inside))
     return net
+
+
+def _nothing_to_branch(model: nn.Module, inside: list[str]) -> str:
+    """The error of a net without a pair to branch; it may have its branches already (a net
+    from add_branches, a registry RepVGG), whose convs are never branched again."""
+    message = f"{type(model).__name__} has no conv + BatchNorm2d pair to branch"
+    outer = [n for n in inside if not any(n.startswith(p + ".") for p in inside)]
+    if not outer:
+        return message
+    return (
+        f"{message} outside the {len(outer)} re-parameterizable modules it already has "
+        f"({outer[0]}, ...), whose convs are not branched again"
+    )
 
 
 def with_branches(net: nn.Module, branches: str, deploy: bool = False) -> nn.Module:

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from repvgg_lab import add_branches, reparameterize
+from repvgg_lab import add_branches, create_model, reparameterize
 from repvgg_lab.models.branched import BranchedConv, FoldedBN
 from repvgg_lab.reparam import rel_max
 from repvgg_lab.testing import randomize_bn
@@ -199,3 +199,12 @@ def test_a_same_padded_conv_comes_back_same_padded() -> None:
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         assert rel_max(branched(x), plain(x)) <= 1e-5
+
+
+def test_a_net_whose_convs_all_have_branches_already_says_so() -> None:
+    branched = add_branches(TinyUNet(), "dbb")
+    with pytest.raises(ValueError, match="already") as err:
+        add_branches(branched, "acb")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="already"):
+        add_branches(create_model("repvgg_a0", num_classes=10), "dbb")
