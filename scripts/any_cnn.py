@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads per run")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "any_cnn")
     args = parser.parse_args(argv)
-    known = {"none", "repvgg", "acb", "dbb"}
-    if "none" not in args.branches or not set(args.branches) <= known:
-        parser.error(f"--branches must include none and be among {sorted(known)}")
+    known = any_cnn.BRANCH_CHOICES
+    if "none" not in args.branches or not set(args.branches) <= set(known):
+        parser.error(f"--branches must include none and be among {', '.join(known)}")
     setup_logging()
     if args.render:
         record = rendered("any_cnn.json")

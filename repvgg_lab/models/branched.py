@@ -74,9 +74,11 @@ class BranchedConv(RepConv):
             g.padding,
             g.dilation,
             g.groups,
-            branches=tuple(branches),
+            # "kxk" first: branch 0 is the original conv + BN (`_start_as`).
+            branches=tuple(sorted(branches, key=lambda kind: kind != "kxk")),
         )
         self.bn_name, self.conv_bias = bn_name, conv.bias is not None
+        self.conv_padding = conv.padding  # "same" or "valid" stays a string in the plain conv
         self.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             self._start_as(conv, bn)
@@ -99,7 +101,7 @@ class BranchedConv(RepConv):
 
     def to_plain(self) -> nn.Conv2d:
         """The original conv, holding the fused kernel (and a zero bias if it had a bias)."""
-        conv = self._fused_conv()
+        conv = self._fused_conv(self.conv_padding)
         with torch.no_grad():
             if self.conv_bias:
                 conv.bias.zero_()
@@ -213,6 +215,17 @@ def _branch_target(net: nn.Module, name: str, bn_name: str | None) -> str | None
     return problem
 
 
+def _check_branches(branches: str | Sequence[str]) -> None:
+    """ValueError for an unknown branch set or kind, or an explicit list without "kxk" (the
+    original conv + BN becomes the first kxk branch)."""
+    usable_branches(branches, Geometry(1, 1, (3, 3), padding=(1, 1)), strict=False)
+    if not isinstance(branches, str) and "kxk" not in branches:
+        raise ValueError(
+            f"branches {list(branches)} has no 'kxk': the original conv + BN is the first kxk "
+            "branch, so an explicit list for add_branches must name 'kxk'"
+        )
+
+
 def add_branches(
     model: nn.Module, branches: str | Sequence[str] = "dbb", *, inplace: bool = False
 ) -> nn.Module:
@@ -225,7 +238,7 @@ def add_branches(
     per conv. `reparameterize` of the result returns `model`'s own architecture."""
     if isinstance(branches, str) and branches == "none":
         return model if inplace else copy.deepcopy(model)
-    usable_branches(branches, Geometry(1, 1, (3, 3), padding=(1, 1)), strict=False)
+    _check_branches(branches)
     net = model if inplace else copy.deepcopy(model)
     pairs = dict(conv_bn_pairs(net))
     inside = [n for n, m in net.named_modules() if n and _is_branched(m)]
@@ -248,14 +261,29 @@ def add_branches(
         parent, _, child = name.rpartition(".")
         holder = net.get_submodule(parent)
         bn = net.get_submodule(bn_name)
-        setattr(holder, child, BranchedConv(conv, bn, bn_name.rpartition(".")[2], kept))
-        setattr(holder, bn_name.rpartition(".")[2], FoldedBN(bn))
+        # The new modules take the BN's train/eval mode: an eval-mode net stays in eval mode.
+        branched = BranchedConv(conv, bn, bn_name.rpartition(".")[2], kept).train(bn.training)
+        setattr(holder, child, branched)
+        setattr(holder, bn_name.rpartition(".")[2], FoldedBN(bn).train(bn.training))
         left_out = f" (left out: {', '.join(k for k, _ in dropped)})" if dropped else ""
         log.info("%s + %s: branches %s%s", name, bn_name, "+".join(kept), left_out)
         converted += 1
     if not converted:
-        raise ValueError(f"{type(model).__name__} has no conv + BatchNorm2d pair to branch")
+        raise ValueError(_nothing_to_branch(model, inside))
     return net
+
+
+def _nothing_to_branch(model: nn.Module, inside: list[str]) -> str:
+    """The error of a net without a pair to branch; it may have its branches already (a net
+    from add_branches, a registry RepVGG), whose convs are never branched again."""
+    message = f"{type(model).__name__} has no conv + BatchNorm2d pair to branch"
+    outer = [n for n in inside if not any(n.startswith(p + ".") for p in inside)]
+    if not outer:
+        return message
+    return (
+        f"{message} outside the {len(outer)} re-parameterizable modules it already has "
+        f"({outer[0]}, ...), whose convs are not branched again"
+    )
 
 
 def with_branches(net: nn.Module, branches: str, deploy: bool = False) -> nn.Module:

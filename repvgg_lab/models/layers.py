@@ -25,7 +25,7 @@ def new_conv(
     kernel_size: int | tuple[int, int],
     *,
     stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
+    padding: str | int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     bias: bool = True,

@@ -97,13 +97,23 @@ class Geometry:
 
 def numeric_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     """A conv's padding as (h, w) integers ("valid" is 0; "same" where it is symmetric)."""
-    if not isinstance(conv.padding, str):
-        return _pair(conv.padding)
-    if conv.padding == "valid":
+    return padding_numbers(conv.padding, conv.kernel_size, conv.dilation)
+
+
+def padding_numbers(
+    padding: str | int | tuple[int, int],
+    kernel_size: int | tuple[int, int],
+    dilation: int | tuple[int, int] = 1,
+) -> tuple[int, int] | None:
+    """`padding` as (h, w) integers: "valid" is 0, "same" is dilation * (k - 1) / 2 where that is
+    symmetric (None where it is not, e.g. an even kernel)."""
+    if not isinstance(padding, str):
+        return _pair(padding)
+    if padding not in ("same", "valid"):
+        raise ValueError(f"padding {padding!r}: a string padding is 'same' or 'valid'")
+    if padding == "valid":
         return (0, 0)
-    totals = [
-        d * (k - 1) for d, k in zip(_pair(conv.dilation), _pair(conv.kernel_size), strict=True)
-    ]
+    totals = [d * (k - 1) for d, k in zip(_pair(dilation), _pair(kernel_size), strict=True)]
     return None if any(t % 2 for t in totals) else tuple(t // 2 for t in totals)
 
 
@@ -173,7 +183,8 @@ class RepConv(nn.Module):
     """A conv of any geometry trained as the sum of parallel linear branches (see the module
     docstring) and fused, after training, into one conv with bias (`deploy=True` builds that form
     directly). `branches` is a set name ("repvgg", "acb", "dbb": kinds the geometry does not allow
-    are left out) or an explicit list of kinds. `padding` None means 'same' for odd kernels.
+    are left out) or an explicit list of kinds. `padding` None means 'same' for odd kernels;
+    "same" and "valid" work as in nn.Conv2d (the plain conv gets their numbers).
 
     Subclasses rename branch modules through `NAMES` (a kind -> attribute name map) and make
     `conv_kxk` a ModuleList even for one kxk branch with `KXK_LIST`, to match other code's
@@ -190,7 +201,7 @@ class RepConv(nn.Module):
         out_channels: int,
         kernel_size: int | tuple[int, int] = 3,
         stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | None = None,
+        padding: str | int | tuple[int, int] | None = None,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         *,
@@ -199,11 +210,15 @@ class RepConv(nn.Module):
     ) -> None:
         super().__init__()
         k, d = _pair(kernel_size), _pair(dilation)
-        pad = (
-            _pair(padding)
-            if padding is not None
-            else tuple(x * (y - 1) // 2 for x, y in zip(d, k, strict=True))
-        )
+        if padding is None:
+            pad = tuple(x * (y - 1) // 2 for x, y in zip(d, k, strict=True))
+        else:
+            pad = padding_numbers(padding, k, d)
+            if pad is None or (padding == "same" and _pair(stride) != (1, 1)):
+                raise ValueError(
+                    f"padding='same' needs stride 1 and an even dilation * (kernel - 1) "
+                    f"(kernel {k}, dilation {d}, stride {_pair(stride)})"
+                )
         self.geometry = Geometry(in_channels, out_channels, k, _pair(stride), pad, d, groups)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, pad
@@ -309,7 +324,8 @@ class RepConv(nn.Module):
             return self.reparam_conv.weight, self.reparam_conv.bias
         return self._kernel_bias(dtype=dtype)
 
-    def _fused_conv(self, bias: bool = True) -> nn.Conv2d:
+    def _fused_conv(self, padding: str | tuple[int, int] | None = None) -> nn.Conv2d:
+        """The fused conv with bias; `padding` (default: the geometry's) may be "same"/"valid"."""
         g = self.geometry
         conv = new_conv(
             next(self.parameters()),
@@ -317,14 +333,13 @@ class RepConv(nn.Module):
             g.out_channels,
             g.kernel,
             stride=g.stride,
-            padding=g.padding,
+            padding=g.padding if padding is None else padding,
             dilation=g.dilation,
             groups=g.groups,
-            bias=bias,
         )
         with torch.no_grad():
             self._kernel_bias(out=(conv.weight, conv.bias))
-        return conv
+        return conv.train(self.training)
 
     def _train_names(self) -> list[str]:
         return [self.NAMES[k] for k in dict.fromkeys(self.branches)] + list(self.EXTRA_TRAIN)

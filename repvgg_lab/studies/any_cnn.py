@@ -17,6 +17,7 @@ import torchvision
 from safetensors import safe_open
 
 from repvgg_lab.models import add_branches, create_model, reparameterize
+from repvgg_lab.models.branched import BRANCH_CHOICES
 from repvgg_lab.reparam import rel_max
 from repvgg_lab.studies.common import images, render_table, run_job, stats, table
 from repvgg_lab.testing import randomize_bn
@@ -34,7 +35,7 @@ class Settings:
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     epochs: int = 20
-    branches: list[str] = field(default_factory=lambda: ["none", "repvgg", "acb", "dbb"])
+    branches: list[str] = field(default_factory=lambda: list(BRANCH_CHOICES))
     threads: int = 1
     out: str = "outputs/any_cnn"
 

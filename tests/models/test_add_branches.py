@@ -13,8 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from repvgg_lab import add_branches, reparameterize
-from repvgg_lab.models import create_model
+from repvgg_lab import add_branches, create_model, reparameterize
 from repvgg_lab.models.branched import BranchedConv, FoldedBN
 from repvgg_lab.models.small_cnn import SmallCNN
 from repvgg_lab.reparam import rel_max
@@ -170,3 +169,55 @@ def test_small_cnn_from_the_registry_converts_to_its_own_deploy_form(branches) -
     }
     plain = create_model("small_cnn", num_classes=10, deploy=True)
     plain.load_state_dict(reparameterize(registry).state_dict(), strict=True)
+
+
+def test_the_branched_net_keeps_the_mode_of_the_net_it_came_from() -> None:
+    """A pretrained net in eval mode gives the same outputs right away, without another .eval(),
+    and running statistics are not updated by a forward pass."""
+    torch.manual_seed(6)
+    source = randomize_bn(nn.Sequential(*_conv_bn(3, 8), *_conv_bn(8, 8)), seed=6).eval()
+    branched = add_branches(source, "dbb")
+    assert not any(m.training for m in branched.modules())
+    x = torch.randn(2, 3, 8, 8)
+    before = copy.deepcopy(branched.state_dict())
+    with torch.no_grad():
+        assert rel_max(source(x), branched(x)) <= 1e-6
+    assert all(torch.equal(v, branched.state_dict()[k]) for k, v in before.items())
+    assert not any(m.training for m in reparameterize(branched).modules())
+    assert all(m.training for m in add_branches(source.train(), "dbb").modules())
+
+
+def test_an_explicit_list_may_name_kxk_anywhere_but_must_name_it() -> None:
+    """The original conv + BN is the first kxk branch, wherever "kxk" is in the list."""
+    torch.manual_seed(7)
+    source = randomize_bn(nn.Sequential(*_conv_bn(3, 8)), seed=7).eval()
+    x = torch.randn(2, 3, 8, 8)
+    for kinds in (["1x1", "kxk"], ["1x1_kxk", "kxk", "1x1_avg"]):
+        branched = add_branches(source, kinds).eval()
+        assert branched[0].branches[0] == "kxk"
+        with torch.no_grad():
+            assert rel_max(source(x), branched(x)) <= 1e-6
+    with pytest.raises(ValueError, match="'kxk'") as err:
+        add_branches(source, ["1x1", "1x1_kxk"])
+    assert "\n" not in str(err.value)
+
+
+def test_a_same_padded_conv_comes_back_same_padded() -> None:
+    torch.manual_seed(8)
+    conv = nn.Conv2d(3, 8, 3, padding="same", bias=False)
+    source = randomize_bn(nn.Sequential(conv, nn.BatchNorm2d(8)), seed=8).eval()
+    branched = randomize_bn(add_branches(source, "dbb"), seed=9).eval()
+    plain = reparameterize(branched)
+    assert plain[0].padding == "same"
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        assert rel_max(branched(x), plain(x)) <= 1e-5
+
+
+def test_a_net_whose_convs_all_have_branches_already_says_so() -> None:
+    branched = add_branches(TinyUNet(), "dbb")
+    with pytest.raises(ValueError, match="already") as err:
+        add_branches(branched, "acb")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="already"):
+        add_branches(create_model("repvgg_a0", num_classes=10), "dbb")

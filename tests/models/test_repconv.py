@@ -151,3 +151,21 @@ def test_an_impossible_explicit_branch_is_a_one_line_error(kwargs, message) -> N
     with pytest.raises(ValueError, match=message) as err:
         RepConv(4, 4, **kwargs)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("padding", "numbers"), [("same", (2, 2)), ("valid", (0, 0))])
+def test_string_padding_works_as_in_conv2d(padding, numbers) -> None:
+    torch.manual_seed(11)
+    block = randomize_bn(RepConv(4, 4, 3, padding=padding, dilation=2, branches="dbb"), seed=11)
+    reference = nn.Conv2d(4, 4, 3, padding=padding, dilation=2)
+    x = torch.randn(2, 4, 9, 9)
+    plain = block.eval().to_plain()
+    assert plain.reparam_conv.padding == numbers
+    with torch.no_grad():
+        assert block(x).shape == reference(x).shape
+        assert rel_max(block(x), plain(x)) <= 1e-5
+    for bad in ({"kernel_size": 4}, {"stride": 2}):
+        with pytest.raises(ValueError, match="padding='same'"):
+            RepConv(4, 4, **{"kernel_size": 3, **bad}, padding="same")
+    with pytest.raises(ValueError, match="'same' or 'valid'"):
+        RepConv(4, 4, 3, padding="full")
