@@ -82,6 +82,8 @@ class BranchedConv(RepConv):
         self.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             self._start_as(conv, bn)
+        if not conv.weight.requires_grad:  # a frozen layer stays frozen, branches included
+            self.requires_grad_(False)
 
     def _start_as(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         """Branch 0 = the original conv + BN; every other branch adds exactly zero in eval."""

@@ -221,3 +221,11 @@ def test_a_net_whose_convs_all_have_branches_already_says_so() -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="already"):
         add_branches(create_model("repvgg_a0", num_classes=10), "dbb")
+
+
+def test_a_frozen_layer_stays_frozen_with_its_branches() -> None:
+    source = nn.Sequential(*_conv_bn(3, 8), *_conv_bn(8, 8))
+    source[0].requires_grad_(False)
+    branched = add_branches(source, "dbb")
+    assert not any(p.requires_grad for p in branched[0].parameters())
+    assert all(p.requires_grad for p in branched[3].parameters())
