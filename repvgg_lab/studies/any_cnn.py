@@ -164,6 +164,8 @@ def render(record: dict[str, Any]) -> str:
         ("params, deployed", "s"),
         ("MACs, deployed", "s"),
         ("deployed net = plain run's", "s"),
+        ("train.py wall per run (s)", "f1"),
+        ("× plain", "x"),
     ]
     rows = []
     for branches in r["settings"]["branches"]:
@@ -180,11 +182,15 @@ def render(record: dict[str, Any]) -> str:
                 f"{e['params/deploy']:,}",
                 f"{e['macs/deploy']:,}",
                 "yes" if e["same_deployed_net"] else "**no**",
+                e["wall_s"],
+                e["wall_s"] / r["summary"]["none"]["wall_s"],
             ]
         )
     s = r["settings"]
     note = (
-        f"\n\n{len(s['seeds'])} seeds, {s['epochs']} epochs each; measured with "
+        f"\n\n{len(s['seeds'])} seeds, {s['epochs']} epochs each, {s['threads']} CPU thread(s) per "
+        "run, one run at a time (wall time includes start-up, conversion and evaluation); "
+        f"measured with "
         f"`{record['command']}` on {record['date'][:10]} ({record['machine']['cpu']})."
     )
     return "\n".join(render_table(table(columns, rows))) + note

@@ -58,6 +58,6 @@ def test_a_deployed_net_that_differs_from_the_plain_one_is_flagged_in_the_table(
     }
     text = any_cnn.render(record)
     assert "| dbb | 0.9750 ± 0.0071 | 1.50 |" in text
-    assert "**no**" in text and "2 seeds, 20 epochs each" in text
+    assert "**no**" in text and "2 seeds, 20 epochs each, 1 CPU thread(s) per run" in text
     with pytest.raises(ValueError, match="include 'none'"):
         any_cnn.run(any_cnn.Settings(branches=["dbb"]))
