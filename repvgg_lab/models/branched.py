@@ -141,35 +141,44 @@ class _Tracer(fx.Tracer):
         return _is_branched(m) or super().is_leaf_module(m, qualname)
 
 
-def _traced_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv name, BN name) where the conv's only consumer is the BN, each called once."""
+def _traced_pairs(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
+    """({conv: BN} where the conv's only consumer is the BN and each is called once,
+    {conv: why it has no BN} for the other convs the trace saw)."""
     graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    pairs = []
+    pairs, why = {}, {}
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.Conv2d):
             continue
         users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and users[0].args[:1] == (node,):
-            bn = users[0].target
-            if isinstance(modules[bn], nn.BatchNorm2d) and calls[node.target] == calls[bn] == 1:
-                pairs.append((node.target, bn))
-    return pairs
+        user = users[0] if len(users) == 1 else None
+        bn = user.target if user is not None and user.op == "call_module" else None
+        if calls[node.target] > 1:
+            why[node.target] = f"called {calls[node.target]} times in forward"
+        elif len(users) > 1:
+            why[node.target] = f"its output feeds {len(users)} consumers"
+        elif bn is not None and isinstance(modules[bn], nn.BatchNorm2d) and calls[bn] > 1:
+            why[node.target] = f"its BN {bn} is called {calls[bn]} times"
+        elif (
+            bn is not None and isinstance(modules[bn], nn.BatchNorm2d) and user.args[:1] == (node,)
+        ):
+            pairs[node.target] = bn
+    return pairs, why
 
 
-def _ordered_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv name, BN name) for each conv child registered right before a BN child."""
-    pairs = []
+def _ordered_pairs(model: nn.Module) -> dict[str, str]:
+    """{conv name: BN name} for each conv child registered right before a BN child."""
+    pairs = {}
 
     def visit(prefix: str, module: nn.Module) -> None:
         children = [*module.named_children(), ("", None)]
         for (name, child), (next_name, nxt) in zip(children, children[1:], strict=False):
             if isinstance(child, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
-                pairs.append((prefix + name, prefix + next_name))
+                pairs[prefix + name] = prefix + next_name
             if not _is_branched(child):
                 visit(f"{prefix}{name}.", child)
 
@@ -177,8 +186,9 @@ def _ordered_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv name, BN name) of every conv whose output goes straight into a BatchNorm2d."""
+def conv_bn_pairs(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
+    """({conv name: BN name} of every conv whose output goes straight into a BatchNorm2d,
+    {conv name: why not} where the trace tells more than "no BN after it")."""
     try:
         return _traced_pairs(model)
     except Exception as err:  # any tracing failure means: fall back to registration order
@@ -188,7 +198,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
             type(model).__name__,
             reason[:120],
         )
-        return _ordered_pairs(model)
+        return _ordered_pairs(model), {}
 
 
 def _conv_problem(conv: nn.Module, bn: nn.Module | None) -> str | None:
@@ -208,10 +218,12 @@ def _conv_problem(conv: nn.Module, bn: nn.Module | None) -> str | None:
     return None
 
 
-def _branch_target(net: nn.Module, name: str, bn_name: str | None) -> str | None:
+def _branch_target(net: nn.Module, name: str, bn_name: str | None, why: str | None) -> str | None:
     """Why the conv `name` (+ `bn_name`) is left alone, or None when it can get branches."""
     bn = net.get_submodule(bn_name) if bn_name else None
     problem = _conv_problem(net.get_submodule(name), bn)
+    if bn is None and why is not None and problem == "not followed by a BatchNorm2d":
+        problem = why
     if problem is None and name.rpartition(".")[0] != bn_name.rpartition(".")[0]:
         problem = f"its BN {bn_name} belongs to another module"
     return problem
@@ -242,7 +254,7 @@ def add_branches(
         return model if inplace else copy.deepcopy(model)
     _check_branches(branches)
     net = model if inplace else copy.deepcopy(model)
-    pairs = dict(conv_bn_pairs(net))
+    pairs, why = conv_bn_pairs(net)
     inside = [n for n, m in net.named_modules() if n and _is_branched(m)]
     converted = 0
     for name, conv in list(net.named_modules()):
@@ -250,7 +262,7 @@ def add_branches(
             continue
         if any(name.startswith(prefix + ".") for prefix in inside):
             continue
-        problem = _branch_target(net, name, pairs.get(name))
+        problem = _branch_target(net, name, pairs.get(name), why.get(name))
         kept: tuple[str, ...] = ()
         if problem is None:
             kept, dropped = usable_branches(branches, Geometry.of(conv), strict=False)

@@ -229,3 +229,27 @@ def test_a_frozen_layer_stays_frozen_with_its_branches() -> None:
     branched = add_branches(source, "dbb")
     assert not any(p.requires_grad for p in branched[0].parameters())
     assert all(p.requires_grad for p in branched[3].parameters())
+
+
+class Shared(nn.Module):
+    """A conv applied twice, a conv whose output also feeds a skip, and one ordinary pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.twice, self.bn_a = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.skip, self.bn_skip = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.bn_a(self.twice(x)) + self.twice(x)
+        s = self.skip(y)
+        return self.bn(self.conv(self.bn_skip(s) + s))
+
+
+def test_the_log_says_why_a_traced_conv_has_no_bn(caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="repvgg_lab.models.branched"):
+        branched = add_branches(Shared(), "repvgg")
+    lines = {r.getMessage().split(":")[0].split(" + ")[0]: r.getMessage() for r in caplog.records}
+    assert "called 2 times in forward" in lines["twice"]
+    assert "its output feeds 2 consumers" in lines["skip"]
+    assert isinstance(branched.conv, BranchedConv) and isinstance(branched.twice, nn.Conv2d)
