@@ -103,24 +103,23 @@ class BranchedConv(RepConv):
 
     def to_plain(self) -> nn.Conv2d:
         """The original conv, holding the fused kernel (and a zero bias if it had a bias)."""
+        return self.plain_parts()[""]
+
+    def plain_parts(self) -> dict[str, nn.Module]:
+        """{"": the plain conv (`to_plain`), bn_name: a BatchNorm2d beside it that adds the fused
+        bias and multiplies by exactly 1.0}, from one fusion."""
         conv = self._fused_conv(self.conv_padding)
+        bn = copy.deepcopy(self.branch_modules()[0][1].bn)
         with torch.no_grad():
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(conv.bias)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(_unit_var(bn.eps, bn.running_var.dtype))
             if self.conv_bias:
                 conv.bias.zero_()
             else:
                 conv.bias = None
-        return conv
-
-    def plain_siblings(self) -> dict[str, nn.Module]:
-        """{bn_name: BatchNorm2d} that adds the fused bias and multiplies by exactly 1.0."""
-        bn = copy.deepcopy(self.branch_modules()[0][1].bn)
-        with torch.no_grad():
-            bias = self._kernel_bias(dtype=bn.bias.dtype)[1]
-            bn.weight.fill_(1.0)
-            bn.bias.copy_(bias)
-            bn.running_mean.zero_()
-            bn.running_var.fill_(_unit_var(bn.eps, bn.running_var.dtype))
-        return {self.bn_name: bn}
+        return {"": conv, self.bn_name: bn}
 
 
 def _last_bn(branch: nn.Module) -> nn.BatchNorm2d:

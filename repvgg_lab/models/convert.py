@@ -36,6 +36,19 @@ def _has_plain_blocks(model: nn.Module) -> bool:
     return any(getattr(m, "deploy", False) is True for m in model.modules())
 
 
+def _plain_forms(name: str, module: nn.Module) -> dict[str, nn.Module]:
+    """{qualified name: plain module} for one convertible module: its plain form, and for a
+    module standing for a conv + BN pair (add_branches' `plain_parts`) the BN beside it too."""
+    parts = getattr(module, "plain_parts", None)
+    if parts is None:
+        return {name: module.to_plain()}
+    parent = name.rpartition(".")[0]
+    return {
+        (f"{parent}.{key}" if parent else key) if key else name: part
+        for key, part in parts().items()
+    }
+
+
 def reparameterize(
     model: nn.Module, *, inplace: bool = False, allow_plain: bool = False
 ) -> nn.Module:
@@ -62,14 +75,9 @@ def reparameterize(
             f"{type(model).__name__} contains no re-parameterizable repvgg_lab blocks; build it "
             "with repvgg_lab.create_model(...) and load foreign weights with load_pretrained()"
         )
-    plain = {name: module.to_plain() for name, module in targets}
+    plain = {k: v for name, module in targets for k, v in _plain_forms(name, module).items()}
     if "" in plain:
         return plain[""]
-    # A module standing for a conv + BN pair (add_branches) also restores the BN beside it.
-    for name, module in targets:
-        parent_name = name.rpartition(".")[0]
-        for sibling, replacement in getattr(module, "plain_siblings", dict)().items():
-            plain[f"{parent_name}.{sibling}" if parent_name else sibling] = replacement
     if not inplace:
         memo = {id(model.get_submodule(name)): new for name, new in plain.items()}
         return copy.deepcopy(model, memo)

@@ -24,7 +24,7 @@ from torch.nn.modules.utils import _pair
 
 from repvgg_lab.models.layers import ConvBN, TwoStage, new_conv
 from repvgg_lab.reparam import BNStats
-from repvgg_lab.reparam.fuse import Term, bn_term, branch_offset, fuse
+from repvgg_lab.reparam.fuse import Term, bn_term, fuse
 
 KINDS = ("kxk", "1x1", "1xk", "kx1", "identity", "1x1_kxk", "1x1_avg")
 BRANCH_SETS: dict[str, tuple[str, ...]] = {
@@ -87,12 +87,10 @@ class Geometry:
         )
 
     def offset(self, kind: str) -> tuple[int, int]:
-        """Frame tap where the branch's tap (0, 0) lands."""
-        pads = self.branch_padding(kind)
-        return tuple(
-            branch_offset(k, p, q, d)
-            for k, p, q, d in zip(self.kernel, self.padding, pads, self.dilation, strict=True)
-        )
+        """Frame tap where the branch's tap (0, 0) lands: centred, which `branch_padding` makes
+        the branch's conv read (`branch_problem` rejects kinds that cannot be centred)."""
+        sub = self.sub_kernel(kind)
+        return tuple((k - s) // 2 for k, s in zip(self.kernel, sub, strict=True))
 
 
 def numeric_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
@@ -161,10 +159,10 @@ def usable_branches(
         named = BRANCH_SETS[branches]
     else:
         named = tuple(branches)
-    dropped = [(k, why) for k in dict.fromkeys(named) if (why := branch_problem(k, g))]
     unknown = [k for k in named if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown branch {unknown[0]!r}; known: {', '.join(KINDS)}")
+    dropped = [(k, why) for k in dict.fromkeys(named) if (why := branch_problem(k, g))]
     if strict is None:
         strict = not isinstance(branches, str)
     if dropped and strict:
@@ -291,7 +289,7 @@ class RepConv(nn.Module):
         """The branches as fusion terms, in the frame of the kernel."""
         g, terms = self.geometry, []
         for kind, module in self.branch_modules():
-            offset = (0, 0) if kind in ("kxk", "1x1_kxk", "1x1_avg") else g.offset(kind)
+            offset = g.offset(kind)  # (0, 0) for the full-size kinds
             if kind == "identity":
                 terms.append(bn_term(None, BNStats.of(module), offset))
             else:

@@ -50,18 +50,6 @@ def bn_term(
     return Term(kernel, scale, shift, offset)
 
 
-def branch_offset(size: int, padding: int, branch_padding: int, dilation: int) -> int:
-    """Frame row (or column) where tap 0 of a branch lands: a branch with `branch_padding` and
-    the frame's dilation reads the same input pixel as frame tap (padding - branch_padding) / d."""
-    shift, rest = divmod(padding - branch_padding, dilation)
-    if rest or shift < 0 or shift >= size:
-        raise ValueError(
-            f"a branch with padding {branch_padding} does not line up with a size-{size} "
-            f"kernel with padding {padding} and dilation {dilation}"
-        )
-    return shift
-
-
 def _add_identity(
     block: Tensor, rows: slice, scale: Tensor | None, offset: tuple[int, int]
 ) -> None:
