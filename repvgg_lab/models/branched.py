@@ -24,6 +24,7 @@ from repvgg_lab.models.repconv import (
     BRANCH_SETS,
     Geometry,
     RepConv,
+    branch_kinds,
     numeric_padding,
     usable_branches,
 )
@@ -231,8 +232,7 @@ def _branch_target(net: nn.Module, name: str, bn_name: str | None, why: str | No
 def _check_branches(branches: str | Sequence[str]) -> None:
     """ValueError for an unknown branch set or kind, or an explicit list without "kxk" (the
     original conv + BN becomes the first kxk branch)."""
-    usable_branches(branches, Geometry(1, 1, (3, 3), padding=(1, 1)), strict=False)
-    if not isinstance(branches, str) and "kxk" not in branches:
+    if "kxk" not in branch_kinds(branches):
         raise ValueError(
             f"branches {list(branches)} has no 'kxk': the original conv + BN is the first kxk "
             "branch, so an explicit list for add_branches must name 'kxk'"

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torch.nn.utils import skip_init
 
-from repvgg_lab.reparam import BNStats
+from repvgg_lab.reparam import BNStats, identity_kernel
 from repvgg_lab.reparam.fuse import Term, average_kernel, bn_term, compose
 
 if TYPE_CHECKING:
@@ -137,9 +137,7 @@ class TwoStage(nn.Module):
         self.conv1 = nn.Conv2d(g.in_channels, mid, 1, groups=g.groups, bias=False)
         if not pool:
             with torch.no_grad():  # start as the identity (DBB's choice for this branch)
-                self.conv1.weight.zero_()
-                rows = torch.arange(mid)
-                self.conv1.weight[rows, rows % (g.in_channels // g.groups), 0, 0] = 1.0
+                self.conv1.weight.copy_(identity_kernel(mid, g.groups, 1))
         self.bn1 = PadBN(mid, g.padding)
         if pool:
             self.pool = nn.AvgPool2d(g.kernel, g.stride, padding=0)

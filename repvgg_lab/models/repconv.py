@@ -143,6 +143,21 @@ def branch_problem(kind: str, g: Geometry) -> str | None:
     return None
 
 
+def branch_kinds(branches: str | Sequence[str]) -> tuple[str, ...]:
+    """The kinds of a branch set name or an explicit list (ValueError for unknown names)."""
+    if isinstance(branches, str):
+        if branches not in BRANCH_SETS:
+            raise ValueError(
+                f"unknown branch set {branches!r}; known: {', '.join(BRANCH_SETS)}, "
+                f"or a list of {', '.join(KINDS)}"
+            )
+        return BRANCH_SETS[branches]
+    unknown = [k for k in branches if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown branch {unknown[0]!r}; known: {', '.join(KINDS)}")
+    return tuple(branches)
+
+
 def usable_branches(
     branches: str | Sequence[str], g: Geometry, *, strict: bool | None = None
 ) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
@@ -150,18 +165,7 @@ def usable_branches(
 
     A named set keeps the kinds the geometry allows; an explicit list must be usable as given
     unless `strict=False` ("kxk" may repeat: MobileOne's parallel kxk branches)."""
-    if isinstance(branches, str):
-        if branches not in BRANCH_SETS:
-            raise ValueError(
-                f"unknown branch set {branches!r}; known: {', '.join(BRANCH_SETS)}, "
-                f"or a list of {', '.join(KINDS)}"
-            )
-        named = BRANCH_SETS[branches]
-    else:
-        named = tuple(branches)
-    unknown = [k for k in named if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown branch {unknown[0]!r}; known: {', '.join(KINDS)}")
+    named = branch_kinds(branches)
     dropped = [(k, why) for k in dict.fromkeys(named) if (why := branch_problem(k, g))]
     if strict is None:
         strict = not isinstance(branches, str)

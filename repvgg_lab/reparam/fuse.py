@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from repvgg_lab.reparam.bn import FUSE_DTYPE, BNStats
+from repvgg_lab.reparam.kernels import identity_kernel
 
 # Output channels fused per step: keeps the float64 working set (~4 MB) inside the CPU caches,
 # which makes float64 fusion as fast as a plain float32 multiply over the kernel.
@@ -146,11 +147,8 @@ def average_kernel(
 ) -> Tensor:
     """(channels, channels/groups, kh, kw) kernel of kh x kw average pooling as a grouped conv
     (zero padding counted, i.e. `count_include_pad=True`)."""
-    per_group = channels // groups
-    kernel = torch.zeros(channels, per_group, *size, dtype=dtype)
-    rows = torch.arange(channels)
-    kernel[rows, rows % per_group] = 1.0 / (size[0] * size[1])
-    return kernel
+    taps = identity_kernel(channels, groups, 1, dtype=dtype)
+    return taps.repeat(1, 1, *size) / (size[0] * size[1])
 
 
 def compose(first: Term, second: Term, groups: int) -> Term:
