@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from repvgg_lab.data.sampling import SeededSampler, SeededSamples
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -93,6 +95,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self._splits: Splits | None = None
+        # Seed of the training order and augmentation (None: the run's global seed).
+        self.sample_seed: int | None = None
 
     def _build_splits(self) -> Splits:
         """Read the data and return the split datasets (called once)."""
@@ -131,14 +135,26 @@ class ImageDataModule(pl.LightningDataModule):
         return self.batch_size // world
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        """One loader recipe for every split: train shuffles and drops the ragged last batch."""
+        """One loader recipe for every split: train shuffles and drops the ragged last batch.
+
+        The training order and augmentation come from a `SeededSampler`, functions of (seed,
+        epoch) alone, so a run resumed from a checkpoint sees what an uninterrupted one would."""
         batch = self.per_rank_batch_size
         # Dropping the last batch of a dataset smaller than one batch would leave no batch at all.
         drop_last = train and len(dataset) >= batch  # type: ignore[arg-type]
+        sampler = None
+        if train:
+            if self.sample_seed is None:  # the global seed of the run (seed_everything's)
+                self.sample_seed = torch.initial_seed()
+            world, rank = (
+                (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            )
+            sampler = SeededSampler(dataset, self.sample_seed, num_replicas=world, rank=rank)
+            dataset = SeededSamples(dataset)
         return DataLoader(
             dataset,
             batch_size=batch,
-            shuffle=train,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from repvgg_lab.fileio import json_values
 from repvgg_lab.models import create_model
 from repvgg_lab.prune.gates import sparsity_penalty
+from repvgg_lab.utils import reseed_globals, seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,14 @@ class ClassifierModule(pl.LightningModule):
             int(per_device) * max(1, self.trainer.world_size) * self.trainer.accumulate_grad_batches
         )
 
+    def on_fit_start(self) -> None:
+        self._rng_seed = torch.initial_seed()  # the run's seed (seed_everything's), read once
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # In-step randomness (mixup, dropout) as a function of (seed, step): a resumed run
+        # draws what an uninterrupted one would, although the RNG state is not checkpointed.
+        rng = seeded_rng(getattr(self, "_rng_seed", 0), self.global_step)
+        reseed_globals(int(rng.integers(0, 2**63 - 1)))
         optimizers = self.optimizers()
         if isinstance(optimizers, torch.optim.Optimizer | pl.core.optimizer.LightningOptimizer):
             self.log(f"{self.prefix}train/lr", optimizers.param_groups[0]["lr"], on_step=True)

@@ -1,8 +1,8 @@
-"""A training process killed mid-epoch resumes from its last complete checkpoint and finishes."""
+"""A run killed mid-epoch and resumed from its last checkpoint ends exactly where an
+uninterrupted run of the same config and seed ends: weights, momentum, schedule and EMA."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -15,15 +15,17 @@ import torch
 
 from tests.helpers.cli import REPO
 
-STEPS = 30  # training batches per epoch
-EPOCHS = 4
+STEPS = 12  # training batches per epoch
+EPOCHS = 3
 RUN = [
     "data.img_size=16",
     "data.batch_size=16",
+    "data.augment=true",  # random shifts: the augmentation RNG must resume too
     f"trainer.max_epochs={EPOCHS}",
     f"+trainer.limit_train_batches={STEPS}",
     "+trainer.limit_val_batches=2",
     "+trainer.limit_test_batches=2",
+    "ema.decay=0.9",
     "callbacks.progress_bar=null",
     "callbacks.model_checkpoint=null",
     "logger=csv",
@@ -32,52 +34,77 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def _train(run_dir: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "train.py", *RUN, f"hydra.run.dir={run_dir}", *extra]
+    marker = [
+        "+callbacks.marker._target_=tests.helpers.step_marker.StepMarker",
+        f"+callbacks.marker.path={run_dir}.step",
+        "+callbacks.marker.delay=0.05",  # room to land the kill between two steps
+    ]
+    command = [sys.executable, "train.py", *RUN, *marker, f"hydra.run.dir={run_dir}", *extra]
     return subprocess.Popen(
         command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
 
-def _kill_mid_epoch(process: subprocess.Popen, last: Path, timeout: float = 300) -> None:
-    """SIGKILL once last.ckpt exists and a later epoch is under way (not at a save)."""
-    deadline = time.monotonic() + timeout
-    while not last.exists():
+def _step(run_dir: Path) -> int:
+    path = Path(f"{run_dir}.step")
+    return int(path.read_text()) if path.exists() else -1
+
+
+def _kill_mid_epoch(process: subprocess.Popen, run_dir: Path, timeout: float = 300) -> int:
+    """SIGKILL once last.ckpt exists and the next epoch is a few steps in; returns the last
+    step the process reported."""
+    last, deadline = run_dir / "checkpoints" / "last.ckpt", time.monotonic() + timeout
+    while not (last.exists() and STEPS + 3 <= _step(run_dir) <= 2 * STEPS - 3):
         assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint was written in time"
-        time.sleep(0.05)
-    time.sleep(0.5)  # well inside the next epoch: each takes seconds
+        assert time.monotonic() < deadline, "the run never reached the middle of epoch 1"
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
+    return _step(run_dir)
 
 
-def _trained_epochs(run_dir: Path) -> set[int]:
-    with open(next(run_dir.rglob("metrics.csv"))) as f:
-        return {int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("train/acc")}
+def _finish(process: subprocess.Popen) -> None:
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
 
 
-def test_sigkill_mid_epoch_then_resume_finishes_with_restored_state(tmp_path: Path) -> None:
-    first, second = tmp_path / "first", tmp_path / "second"
-    last = first / "checkpoints" / "last.ckpt"
-    _kill_mid_epoch(_train(first), last)
+def _assert_same(a: object, b: object, where: str) -> None:
+    """Bitwise equality of nested checkpoint state (tensors, numbers, containers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    reference, first, second = tmp_path / "reference", tmp_path / "first", tmp_path / "second"
+    uninterrupted = _train(reference)  # beside the killed run: one thread each
+    killed_at = _kill_mid_epoch(_train(first), first)
+    _finish(uninterrupted)
     assert not (first / "metrics.json").exists(), "the killed run must not have finished"
-    # What resume reads is a complete checkpoint of a finished epoch, never a partial write.
+    last = first / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
-    done = saved["epoch"]
-    assert done < EPOCHS - 1 and saved["global_step"] == STEPS * (done + 1)
+    # The kill landed mid-epoch, after steps the checkpoint does not hold: resume must redo them.
+    assert saved["epoch"] == 0 and saved["global_step"] == STEPS < killed_at < 2 * STEPS
     assert not [p for p in last.parent.iterdir() if p.name != "last.ckpt"], "stray partial files"
 
-    resumed = _train(second, f"ckpt_path={last}")
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
-    assert _trained_epochs(second) == set(range(done + 1, EPOCHS))
+    _finish(_train(second, f"ckpt_path={last}"))
     final = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
-    assert final["epoch"] == EPOCHS - 1 and final["global_step"] == STEPS * EPOCHS
-    # The per-step schedule continued from the checkpoint instead of starting over...
-    assert final["lr_schedulers"][0]["last_epoch"] == STEPS * EPOCHS
-    # ... and so did SGD's momentum (its buffers exist for every parameter group's params).
-    state = final["optimizer_states"][0]["state"]
-    assert state and all(s["momentum_buffer"] is not None for s in state.values())
+    expected = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == expected["global_step"] == STEPS * EPOCHS
+    # Bitwise: one thread, the same kernels, the same data order, crops and in-step randomness.
+    for key in ("state_dict", "optimizer_states", "lr_schedulers", "ema_state_dict"):
+        _assert_same(final[key], expected[key], key)
+    assert final["ema_updates"] == expected["ema_updates"] == STEPS * EPOCHS
+    momentum = final["optimizer_states"][0]["state"]
+    assert momentum and all(s["momentum_buffer"].abs().sum() > 0 for s in momentum.values())
     metrics = json.loads((second / "metrics.json").read_text())
-    for key in ("val/acc", "test/acc", "deploy/test/acc", "drift/vs_fp64/deploy_rel_max"):
-        assert key in metrics, key
-    assert metrics["drift/top1_agree"] == 1.0
+    assert metrics == json.loads((reference / "metrics.json").read_text())

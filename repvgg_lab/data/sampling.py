@@ -1,0 +1,56 @@
+"""Training order and augmentation randomness as functions of (seed, epoch) alone.
+
+A resumed run must see the epochs an uninterrupted run would: the same sample order and the same
+random crops. Neither can depend on the global RNG's state at the time an epoch starts (that state
+is not in a checkpoint), so the sampler derives the order from (seed, epoch) and hands every index
+out with the seed of that sample's random transforms, which the dataset wrapper applies in
+whichever process loads the sample (main process or a worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from repvgg_lab.utils import seeded_rng
+
+
+class SeededSampler(DistributedSampler):
+    """Shuffled (index, sample seed) pairs of this rank's share of `dataset`.
+
+    A `DistributedSampler` (so Lightning keeps it as it is in DDP and calls `set_epoch` on it):
+    the order is its (seed, epoch) shuffle, padded and sharded over `num_replicas` the same way.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed % 2**63
+        )
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        n = len(self.dataset)  # type: ignore[arg-type]
+        seeds = seeded_rng(self.seed, self.epoch).integers(0, 2**63 - 1, size=n, dtype=np.int64)
+        for i in super().__iter__():
+            yield i, int(seeds[i])
+
+
+class SeededSamples(Dataset):
+    """`dataset[i]` for a key (i, seed), with torch's RNG seeded by `seed` while it loads.
+
+    The global RNG is forked, so loading a sample leaves the caller's RNG state untouched."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
