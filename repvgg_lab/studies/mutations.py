@@ -1,0 +1,73 @@
+"""The promises the test suite must keep, each as a change that must fail its tests.
+
+Every test added for a promise adds its mutation here; `python scripts/mutation_check.py` runs
+them (docs/testing.md)."""
+
+from __future__ import annotations
+
+from repvgg_lab.studies.mutation import Mutation
+
+_MODULE_HOOK = "    def on_fit_start(self) -> None:\n"
+_ON_LOAD = "    def on_load_checkpoint(self, checkpoint):\n"
+
+MUTATIONS = [
+    Mutation(
+        "resume drops the checkpoint's weights",
+        "repvgg_lab/lit/module.py",
+        _MODULE_HOOK,
+        _ON_LOAD + "        checkpoint['state_dict'] = dict(self.state_dict())\n\n" + _MODULE_HOOK,
+        ("tests/pipeline/test_kill_resume.py",),
+    ),
+    Mutation(
+        "resume zeroes SGD's momentum buffers",
+        "repvgg_lab/lit/module.py",
+        _MODULE_HOOK,
+        _ON_LOAD
+        + "        for s in checkpoint['optimizer_states'][0]['state'].values():\n"
+        + "            s['momentum_buffer'].zero_()\n\n"
+        + _MODULE_HOOK,
+        ("tests/pipeline/test_kill_resume.py",),
+    ),
+    Mutation(
+        "resume replays the first epoch's order and crops (sampler ignores the epoch)",
+        "repvgg_lab/data/sampling.py",
+        "seeded_rng(self.seed, self.epoch)",
+        "seeded_rng(self.seed, 0)",
+        ("tests/pipeline/test_kill_resume.py",),
+    ),
+    Mutation(
+        "augmentation draws from the global RNG, not the sample's seed",
+        "repvgg_lab/data/sampling.py",
+        "            torch.manual_seed(seed)\n",
+        "            pass\n",
+        ("tests/pipeline/test_kill_resume.py",),
+    ),
+    Mutation(
+        "the EMA is never updated",
+        "repvgg_lab/lit/ema.py",
+        "avg.lerp_(new.detach(), 1.0 - d)",
+        "pass",
+        ("tests/lit",),
+    ),
+    Mutation(
+        "fused bias off by 1e-7 relative",
+        "repvgg_lab/reparam/fuse.py",
+        "        out[1].copy_(bias)",
+        "        out[1].copy_(bias * (1 + 1e-7))",
+        ("tests/reparam", "tests/models"),
+    ),
+    Mutation(
+        "new branches start with BN gamma = 1 (add_branches changes the function)",
+        "repvgg_lab/models/branched.py",
+        "                last.weight.zero_()\n",
+        "                last.weight.fill_(1.0)\n",
+        ("tests/models",),
+    ),
+    Mutation(
+        "int8 per-layer report ranks the best layer first (SQNR ranking reversed)",
+        "repvgg_lab/quant/diagnose.py",
+        'rows.sort(key=lambda r: r["sqnr_db"])',
+        'rows.sort(key=lambda r: -r["sqnr_db"])',
+        ("tests/quant",),
+    ),
+]
