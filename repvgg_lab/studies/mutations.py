@@ -29,11 +29,18 @@ MUTATIONS = [
         ("tests/pipeline/test_kill_resume.py",),
     ),
     Mutation(
-        "resume replays the first epoch's order and crops (sampler ignores the epoch)",
+        "the training order draws from the global RNG (a resumed run reshuffles)",
+        "repvgg_lab/data/sampling.py",
+        "        for i in super().__iter__():\n",
+        "        for i in torch.randperm(n).tolist():\n",
+        ("tests/pipeline/test_kill_resume.py",),
+    ),
+    Mutation(
+        "every epoch repeats the first epoch's crops (sample seeds ignore the epoch)",
         "repvgg_lab/data/sampling.py",
         "seeded_rng(self.seed, self.epoch)",
         "seeded_rng(self.seed, 0)",
-        ("tests/pipeline/test_kill_resume.py",),
+        ("tests/data",),
     ),
     Mutation(
         "augmentation draws from the global RNG, not the sample's seed",
