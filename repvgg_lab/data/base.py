@@ -97,6 +97,8 @@ class ImageDataModule(pl.LightningDataModule):
         self._splits: Splits | None = None
         # Seed of the training order and augmentation (None: the run's global seed).
         self.sample_seed: int | None = None
+        self._train_sampler: SeededSampler | None = None
+        self._resume: dict[str, int] | None = None
 
     def _build_splits(self) -> Splits:
         """Read the data and return the split datasets (called once)."""
@@ -135,31 +137,52 @@ class ImageDataModule(pl.LightningDataModule):
         return self.batch_size // world
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        """One loader recipe for every split: train shuffles and drops the ragged last batch.
+        """One loader recipe for every split: train shuffles and drops the ragged last batch
+        (unless the dataset is smaller than one batch, which would leave no batch at all).
 
         The training order and augmentation come from a `SeededSampler`, functions of (seed,
-        epoch) alone, so a run resumed from a checkpoint sees what an uninterrupted one would."""
+        epoch) alone, so a run resumed from a checkpoint sees what an uninterrupted one would; the
+        position in the epoch goes into checkpoints (`state_dict`), so a mid-epoch one resumes
+        at the next batch."""
         batch = self.per_rank_batch_size
-        # Dropping the last batch of a dataset smaller than one batch would leave no batch at all.
-        drop_last = train and len(dataset) >= batch  # type: ignore[arg-type]
-        sampler = None
-        if train:
-            if self.sample_seed is None:  # the global seed of the run (seed_everything's)
-                self.sample_seed = torch.initial_seed()
-            world, rank = (
-                (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-            )
-            sampler = SeededSampler(dataset, self.sample_seed, num_replicas=world, rank=rank)
-            dataset = SeededSamples(dataset)
+        if not train:
+            return DataLoader(dataset, batch_size=batch, **self._loader_options())
+        if self.sample_seed is None:  # the global seed of the run (seed_everything's)
+            self.sample_seed = torch.initial_seed()
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = SeededSampler(dataset, self.sample_seed, num_replicas=world, rank=rank)
+        if self._resume is not None:  # from a checkpoint (load_state_dict)
+            sampler.resume_at = (self._resume["epoch"], self._resume["batches"] * batch)
+            self._resume = None
+        self._train_sampler = sampler
         return DataLoader(
-            dataset,
+            SeededSamples(dataset),
             batch_size=batch,
             sampler=sampler,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            drop_last=len(dataset) >= batch,  # type: ignore[arg-type]
+            **self._loader_options(),
         )
+
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": self.num_workers > 0,
+        }
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is in its epoch (goes into checkpoints): the epoch and how many of its
+        batches the training loop has consumed (the loader cannot tell: it prefetches)."""
+        if self._train_sampler is None or self.trainer is None:
+            return {}
+        consumed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self._train_sampler.epoch, "batches": int(consumed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next training loader skips the batches of that epoch already trained on.
+        (Lightning restores a datamodule before it builds the loaders.)"""
+        self._resume = dict(state) if state else None
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches."""

@@ -30,12 +30,19 @@ class SeededSampler(DistributedSampler):
         super().__init__(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed % 2**63
         )
+        # (epoch, samples of it already seen): the next pass over that epoch skips them.
+        self.resume_at: tuple[int, int] | None = None
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         n = len(self.dataset)  # type: ignore[arg-type]
         seeds = seeded_rng(self.seed, self.epoch).integers(0, 2**63 - 1, size=n, dtype=np.int64)
-        for i in super().__iter__():
-            yield i, int(seeds[i])
+        skip = 0
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            skip = self.resume_at[1]
+        self.resume_at = None  # once: the next epochs start at their beginning
+        for k, i in enumerate(super().__iter__()):
+            if k >= skip:
+                yield i, int(seeds[i])
 
 
 class SeededSamples(Dataset):

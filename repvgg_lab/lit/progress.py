@@ -44,10 +44,16 @@ class EpochLog(pl.Callback):
         self._images = 0
         self._pending: int | None = None
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._flush(trainer)
+    def _reset(self) -> None:
         self._start = self._mark = time.perf_counter()
         self._wait, self._images = 0.0, 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
+        self._reset()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, *_: Any):
         self._wait += time.perf_counter() - self._mark

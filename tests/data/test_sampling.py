@@ -44,3 +44,26 @@ def test_a_sample_is_its_seed_s_crop_and_leaves_the_global_rng_alone() -> None:
     assert torch.equal(torch.get_rng_state(), state)
     crops = {samples[(7, s)][0].numpy().tobytes() for s in range(12)}
     assert len(crops) > 1  # the seed picks the shift
+
+
+def test_a_sampler_resumed_mid_epoch_yields_each_remaining_sample_once() -> None:
+    data = list(range(40))
+    first = SeededSampler(data, seed=1)
+    first.set_epoch(2)
+    seen = list(first)[:12]
+    second = SeededSampler(data, seed=1)
+    second.resume_at = (2, 12)
+    second.set_epoch(2)
+    rest = list(second)
+    assert sorted(i for i, _ in seen + rest) == data  # each sample of the epoch exactly once
+    assert seen + rest == list(first)  # in the same order, with the same crops
+    second.set_epoch(3)
+    assert len(list(second)) == 40  # the next epoch starts at its beginning
+
+
+def test_the_datamodule_resumes_its_training_loader_where_the_checkpoint_was() -> None:
+    dm = DigitsDataModule(img_size=16, batch_size=32)
+    dm.load_state_dict({"epoch": 4, "batches": 5})
+    sampler = dm.train_dataloader().sampler
+    assert sampler.resume_at == (4, 5 * 32)
+    assert dm.train_dataloader().sampler.resume_at is None  # once

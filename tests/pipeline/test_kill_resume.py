@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.helpers.cli import REPO
@@ -50,13 +51,15 @@ def _step(run_dir: Path) -> int:
     return int(path.read_text()) if path.exists() else -1
 
 
-def _kill_mid_epoch(process: subprocess.Popen, run_dir: Path, timeout: float = 300) -> int:
-    """SIGKILL once last.ckpt exists and the next epoch is a few steps in; returns the last
-    step the process reported."""
-    last, deadline = run_dir / "checkpoints" / "last.ckpt", time.monotonic() + timeout
-    while not (last.exists() and STEPS + 3 <= _step(run_dir) <= 2 * STEPS - 3):
+def _kill_between(
+    process: subprocess.Popen, run_dir: Path, low: int, high: int, timeout: float = 300
+) -> int:
+    """SIGKILL once the process reports a step in [low, high]; returns the last step it
+    reported. (The marker writes before the checkpoint callback saves, which runs last.)"""
+    deadline = time.monotonic() + timeout
+    while not low <= _step(run_dir) <= high:
         assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "the run never reached the middle of epoch 1"
+        assert time.monotonic() < deadline, f"the run never reached steps {low}-{high}"
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
@@ -84,16 +87,30 @@ def _assert_same(a: object, b: object, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+# (extra overrides, kill window, global step of the checkpoint that resume reads)
+MODES = {
+    # last.ckpt at epoch ends: the resumed run redoes the killed epoch from its first batch.
+    "epoch_end": ((), (STEPS + 3, 2 * STEPS - 3), STEPS),
+    # last.ckpt every 5 steps too: it resumes at step 15, the fourth batch of epoch 1.
+    "mid_epoch": (("checkpoint.every_n_steps=5",), (16, 19), 15),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, mode: str
+) -> None:
+    extra, (low, high), resume_step = MODES[mode]
     reference, first, second = tmp_path / "reference", tmp_path / "first", tmp_path / "second"
-    uninterrupted = _train(reference)  # beside the killed run: one thread each
-    killed_at = _kill_mid_epoch(_train(first), first)
+    uninterrupted = _train(reference, *extra)  # beside the killed run: one thread each
+    killed_at = _kill_between(_train(first, *extra), first, low, high)
     _finish(uninterrupted)
     assert not (first / "metrics.json").exists(), "the killed run must not have finished"
     last = first / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
-    # The kill landed mid-epoch, after steps the checkpoint does not hold: resume must redo them.
-    assert saved["epoch"] == 0 and saved["global_step"] == STEPS < killed_at < 2 * STEPS
+    # The kill landed after steps the checkpoint does not hold: resume must redo them.
+    assert saved["epoch"] == (1 if mode == "mid_epoch" else 0)
+    assert saved["global_step"] == resume_step < killed_at < 2 * STEPS
     assert not [p for p in last.parent.iterdir() if p.name != "last.ckpt"], "stray partial files"
 
     _finish(_train(second, f"ckpt_path={last}"))
