@@ -7,7 +7,9 @@ and the `Reparameterize` callback converts the average when there is one."""
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -34,12 +36,19 @@ class EMA(pl.Callback):
         self.net: nn.Module | None = None
         self.updates = 0
         self._pending: dict[str, torch.Tensor] | None = None
+        self._last_step = 0  # trainer.global_step at the last update
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.net = copy.deepcopy(pl_module.net).eval().requires_grad_(False)
         if self._pending is not None:  # resumed: the checkpoint's average, not a fresh copy
             self.net.load_state_dict(self._pending)
-            self._pending = None
+        else:
+            self.updates = 0  # a fresh average starts its warmup again
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Any checkpoint is restored by now (some strategies restore after on_fit_start).
+        self._pending = None
+        self._last_step = trainer.global_step
 
     def current_decay(self) -> float:
         """The decay of the next update."""
@@ -49,6 +58,10 @@ class EMA(pl.Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any):
+        # Once per optimizer step: with gradient accumulation most batches change no weight.
+        if trainer.global_step <= self._last_step:
+            return
+        self._last_step = trainer.global_step
         d = self.current_decay()
         pairs = zip(
             self.net.state_dict().values(), pl_module.net.state_dict().values(), strict=True
@@ -60,14 +73,20 @@ class EMA(pl.Callback):
                 avg.copy_(new)
         self.updates += 1
 
-    def evaluate(self, loader: Any, device: torch.device) -> dict[str, float]:
-        """Accuracy and loss of the averaged net over `loader`."""
-        return evaluate(self.net, loader, device)
+    def evaluate(
+        self, loader: Any, device: torch.device, limit: float | None = None
+    ) -> dict[str, float]:
+        """Accuracy and loss of the averaged net over the first `limit` batches of `loader`
+        (all of them when None or infinite)."""
+        stop = None if limit is None or math.isinf(limit) else int(limit)
+        return evaluate(self.net, itertools.islice(loader, stop), device)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
         if self.net is None or trainer.sanity_checking:
             return
-        result = self.evaluate(trainer.datamodule.val_dataloader(), pl_module.device)
+        # The batches val/acc saw (trainer.limit_val_batches), so the two are comparable.
+        limit = trainer.num_val_batches[0] if trainer.num_val_batches else None
+        result = self.evaluate(trainer.datamodule.val_dataloader(), pl_module.device, limit)
         # Logged through the module so checkpoint callbacks can monitor ema/val/acc.
         pl_module.log("ema/val/acc", result["acc"], sync_dist=True)
         pl_module.log("ema/val/loss", result["loss"], sync_dist=True)
@@ -75,7 +94,8 @@ class EMA(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.net is None:
             return
-        result = self.evaluate(trainer.datamodule.test_dataloader(), pl_module.device)
+        limit = trainer.num_test_batches[0] if trainer.num_test_batches else None
+        result = self.evaluate(trainer.datamodule.test_dataloader(), pl_module.device, limit)
         pl_module.log("ema/test/acc", result["acc"], sync_dist=True)
         pl_module.log("ema/test/loss", result["loss"], sync_dist=True)
 
@@ -87,7 +107,7 @@ class EMA(pl.Callback):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt: dict):
         if CHECKPOINT_KEY in ckpt:
             self.updates = int(ckpt.get("ema_updates", 0))
+            # Kept until training starts: on_fit_start, when it comes after, copies the net anew.
+            self._pending = ckpt[CHECKPOINT_KEY]
             if self.net is not None:
-                self.net.load_state_dict(ckpt[CHECKPOINT_KEY])
-            else:
-                self._pending = ckpt[CHECKPOINT_KEY]
+                self.net.load_state_dict(self._pending)

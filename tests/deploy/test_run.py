@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from repvgg_lab.data import DigitsDataModule
 from repvgg_lab.deploy import DeployError, deploy
 from repvgg_lab.errors import InputError
 from repvgg_lab.reparam import rel_max
+from tests.deploy.conftest import SIZE
 
 FAST = {"batch_sizes": (), "verify_batch": 2}  # no latency rounds in these tests
 
@@ -142,13 +144,18 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, a0, out_dir, u
 
 
 def test_real_images_digits(tmp_path, clamp_net_file) -> None:
-    _, path = clamp_net_file(tmp_path, in_channels=1)
+    net, path = clamp_net_file(tmp_path, in_channels=1)
     report = deploy(path, out_dir=tmp_path / "out", verify_data="digits", verify_size=40, **FAST)
     m = report["metrics"]
     assert m["verify/images"] == 40
     assert m["verify/top1_agree/deploy"] == m["verify/top1_agree/onnx"] == 1.0
     assert m["verify/acc/deploy"] == m["verify/acc/onnx"]
-    assert 0.0 <= m["verify/acc/deploy"] <= 1.0
+    # The source net's accuracy on the same 40 validation images, recomputed here.
+    dm = DigitsDataModule(img_size=SIZE, in_channels=1)
+    images, labels = dm.fixed_batch("val", 40)
+    with torch.no_grad():
+        correct = net.eval()(images).argmax(dim=1) == labels
+    assert m["verify/acc/deploy"] == pytest.approx(float(correct.double().mean()))
     assert "verify/acc/train" not in m  # a plain input has no multi-branch net to evaluate
 
 
