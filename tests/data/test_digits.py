@@ -105,11 +105,14 @@ def test_train_loader_shuffles_and_drops_last_eval_loaders_do_not() -> None:
     val_labels = torch.cat([y for _, y in dm.val_dataloader()])
     assert len(val_labels) == n_val  # ragged last batch kept
     assert torch.equal(val_labels, dm.fixed_batch("val", size=n_val)[1])  # fixed order
-    torch.manual_seed(0)
-    a = next(iter(dm.train_dataloader()))[1]
+    torch.manual_seed(0)  # the run's seed is the shuffle's: a new epoch or seed, a new order
+    loader = dm.train_dataloader()
+    a = next(iter(loader))[1]
+    loader.sampler.set_epoch(1)
+    b = next(iter(loader))[1]
     torch.manual_seed(1)
-    b = next(iter(dm.train_dataloader()))[1]
-    assert not torch.equal(a, b)
+    c = next(iter(DigitsDataModule(batch_size=100).train_dataloader()))[1]
+    assert not torch.equal(a, b) and not torch.equal(a, c)
 
 
 @pytest.mark.parametrize(
