@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,19 @@ log = logging.getLogger(__name__)
 if not OmegaConf.has_resolver("if_cuda"):
     # ${if_cuda:a,b} -> a on a machine with a CUDA GPU, b otherwise (trainer defaults).
     OmegaConf.register_new_resolver("if_cuda", lambda a, b: a if torch.cuda.is_available() else b)
+
+
+def slurm_run_name(stamp: str) -> str:
+    """`slurm-<job id>` inside a SLURM batch job, `stamp` elsewhere: a requeued job then writes
+    into (and resumes from) the run folder of its first start, and all tasks of a job share it."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID")
+    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    return f"slurm-{job}" if job and not interactive else stamp
+
+
+if not OmegaConf.has_resolver("run_name"):
+    OmegaConf.register_new_resolver("run_name", slurm_run_name)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
