@@ -8,8 +8,9 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
+from repvgg_lab.errors import ConfigError, check_choice
 from repvgg_lab.models.blocks import BLOCK_TYPES
-from repvgg_lab.models.online import check_mode
+from repvgg_lab.models.online import MODES
 
 BASE_WIDTHS = (64, 128, 256, 512)
 
@@ -33,9 +34,9 @@ class RepVGGConfig:
     def __post_init__(self) -> None:
         if self.block not in BLOCK_TYPES:
             raise ValueError(f"unknown block {self.block!r}; known blocks: {sorted(BLOCK_TYPES)}")
-        check_mode(self.branch_mode)
+        check_choice(ConfigError, "branch_mode", self.branch_mode, MODES)
         if self.block == "qa" and self.branch_mode == "online":
-            raise ValueError("QARepVGG blocks have no online form; use branch_mode=offline")
+            raise ConfigError("QARepVGG blocks have no online form; use branch_mode=offline")
 
     def build(self, num_classes: int = 1000, deploy: bool = False, in_channels: int = 3) -> RepVGG:
         return RepVGG(self, num_classes=num_classes, deploy=deploy, in_channels=in_channels)
