@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from repvgg_lab import add_branches, create_model, reparameterize
+from repvgg_lab import add_branches, create_model, measure_drift, reparameterize
 from repvgg_lab.errors import ConfigError
 from repvgg_lab.models.branched import BranchedConv, FoldedBN
 from repvgg_lab.reparam import rel_max
@@ -102,6 +102,14 @@ def test_in_a_training_step_every_branch_kernel_and_scale_gets_a_gradient() -> N
     before = copy.deepcopy(net.state_dict())
     optimizer.step()
     assert all(not torch.equal(before[n], p) for n, p in net.named_parameters() if n in branch)
+
+
+def test_per_block_drift_of_an_online_net_compares_conv_with_conv() -> None:
+    net = create_model("tv_resnet18", num_classes=10, branches="dbb", branch_mode="online")
+    net = _randomize_online(net, 8).eval()
+    report = measure_drift(net, reparameterize(net), torch.randn(2, 3, 32, 32))
+    assert len(report.blocks) == 20 and report.deploy_rel_max < 1e-5
+    assert max(b["deploy_rel_max"] for b in report.blocks.values()) < 1e-5
 
 
 def test_the_registry_builds_online_nets_from_the_config_value() -> None:
