@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
+from torch.utils.checkpoint import checkpoint
 
 from repvgg_lab.models.geometry import (
     BRANCH_SETS,
@@ -192,7 +193,17 @@ class RepConv(nn.Module):
 
     def online_kernel(self) -> Tensor:
         """The kernel an online block's forward uses: the scaled branches summed in the block's
-        dtype (differentiable); conversion builds the same sum in float64."""
+        dtype (differentiable); conversion builds the same sum in float64.
+
+        Under autograd the sum is recomputed in backward instead of keeping its intermediate
+        kernels (composed 1x1 -> kxk and pooling kernels): a step then stores one kernel per
+        conv beyond the plain net's activations, and the recomputation is kernel-sized work."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return checkpoint(self._summed_kernel, use_reentrant=False)
+        return self._summed_kernel()
+
+    def _summed_kernel(self) -> Tensor:
+        """The online branches summed into one kernel, in the block's dtype."""
         dtype = next(self.parameters()).dtype
         return fuse(self._terms(dtype), self._shape, dtype=dtype, work=dtype)[0]
 
