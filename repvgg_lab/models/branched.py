@@ -363,11 +363,15 @@ def _nothing_to_branch(model: nn.Module, inside: list[str]) -> str:
 
 
 def with_branches(
-    net: nn.Module, branches: str, deploy: bool = False, mode: str = "offline"
+    net: nn.Module,
+    branches: str,
+    deploy: bool = False,
+    mode: str = "offline",
+    init_scales: str = "keep",
 ) -> nn.Module:
     """`net` itself for its deploy form or `branches="none"`, else `add_branches(net, branches,
-    mode=mode)` (in place: `net` is new). The registry's builders of ordinary architectures use
-    this."""
+    mode=mode, init_scales=init_scales)` (in place: `net` is new). The registry's builders of
+    ordinary architectures use this."""
     if deploy or branches == "none":
         return net
-    return add_branches(net, branches, inplace=True, mode=mode)
+    return add_branches(net, branches, inplace=True, mode=mode, init_scales=init_scales)

@@ -74,6 +74,9 @@ class ScaledKernel(_Scaled):
         """This branch as a fusion term."""
         return Term(self.weight, self.scale, None, offset)
 
+    def extra_repr(self) -> str:
+        return f"weight={tuple(self.weight.shape)}"
+
 
 class ScaledIdentity(_Scaled):
     """The identity branch: each channel's own input times `scale`."""
@@ -113,6 +116,11 @@ class ScaledTwoStage(_Scaled):
         if self.identity_based:
             nn.init.zeros_(self.weight1)
         self.weight2 = None if pool else _kernel(g.out_channels, mid // g.groups, *g.kernel)
+
+    def extra_repr(self) -> str:
+        second = "avg" if self.weight2 is None else str(tuple(self.weight2.shape))
+        based = ", identity-based" if self.identity_based else ""
+        return f"weight1={tuple(self.weight1.shape)}{based}, then {second}"
 
     def first(self, work: torch.dtype) -> Tensor:
         """The 1x1 conv's kernel in `work` (the identity added where it is identity-based)."""

@@ -121,6 +121,11 @@ def test_the_registry_builds_online_nets_from_the_config_value() -> None:
     deploy.load_state_dict(reparameterize(small).state_dict(), strict=True)
     with pytest.raises(ConfigError, match="branch_mode must be one of offline, online"):
         create_model("tv_resnet18", branches="dbb", branch_mode="sometimes")
+    # branch_init=orepa: OREPA's starting scales (kxk, 1x1, 1x1 -> avg, 1x1 -> kxk), not the
+    # plain net's function.
+    kwargs = {"branches": "dbb", "branch_mode": "online", "branch_init": "orepa"}
+    block = next(m for m in create_model("small_cnn", **kwargs).modules() if hasattr(m, "online"))
+    assert [float(m.scale.detach()[0]) for _, m in block.branch_modules()] == [0.25, 1, 0.25, 0.5]
 
 
 @pytest.mark.parametrize("gate", [False, True])
