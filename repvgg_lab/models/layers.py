@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 from torch.nn.utils import skip_init
 
-from repvgg_lab.reparam import BNStats, identity_kernel
+from repvgg_lab.reparam import FUSE_DTYPE, BNStats, identity_kernel
 from repvgg_lab.reparam.fuse import Term, average_kernel, bn_term, compose
 
 if TYPE_CHECKING:
@@ -137,9 +137,10 @@ class IdentityConv1x1(nn.Conv2d):
         super().__init__(channels, channels, 1, groups=groups, bias=False)
         nn.init.zeros_(self.weight)
 
-    def kernel(self) -> Tensor:
-        """The conv's actual kernel: identity + weight."""
-        w = self.weight
+    def kernel(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The conv's actual kernel, identity + weight, computed in `dtype` (default: the
+        weight's; float64 for a conversion, so the sum is not rounded first)."""
+        w = self.weight.to(dtype or self.weight.dtype)
         return w + identity_kernel(w.shape[0], self.groups, 1, dtype=w.dtype, device=w.device)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -147,8 +148,9 @@ class IdentityConv1x1(nn.Conv2d):
 
 
 def first_kernel(conv: nn.Conv2d) -> Tensor:
-    """The kernel a two-stage branch's first conv applies (identity-based or plain)."""
-    return conv.kernel() if isinstance(conv, IdentityConv1x1) else conv.weight
+    """The kernel a two-stage branch's first conv applies (identity-based or plain), for a
+    float64 fusion."""
+    return conv.kernel(FUSE_DTYPE) if isinstance(conv, IdentityConv1x1) else conv.weight
 
 
 class TwoStage(nn.Module):
