@@ -5,8 +5,9 @@
     python scripts/bench.py --quick --out docs/results/benchmarks.json --render   # both
     python scripts/bench.py --out full.json                         # full run (tens of minutes)
 
-Sections (--sections): convert, latency, train, gpu (only where CUDA is available). The code is
-in repvgg_lab.bench; docs/benchmarks.md describes the method.
+Sections (--sections): convert, latency, train, gpu (only where CUDA is available), and, only
+when asked for, branch_cost (train-time branches vs the plain net; 224 px takes a long while).
+The code is in repvgg_lab.bench; docs/benchmarks.md describes the method.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from repvgg_lab.bench.machine import cores
 from repvgg_lab.bench.render import render
 from repvgg_lab.bench.run import run_benchmarks, write_report
-from repvgg_lab.bench.settings import PROFILES, SECTIONS
+from repvgg_lab.bench.settings import DEFAULT_SECTIONS, PROFILES, SECTIONS
 
 log = logging.getLogger("bench")
 
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=cores(), help="torch / ONNX Runtime intra-op threads"
     )
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS))
     parser.add_argument(
         "--compile-backend",
         default=None,

@@ -119,6 +119,22 @@ def gpu_infer_key(model: str, dtype: str, stat: str) -> str:
     return f"{GPU_PREFIX}infer/{model}/plain_{dtype}_{stat}"
 
 
+def branch_cost_key(net: str, branches: str, mode: str, stat: str) -> str:
+    """A branch-cost ratio of `net` with branch set `branches` in `mode`: time_over_plain or
+    memory_over_plain (suffixed `_<size>px` at sizes other than the section's first)."""
+    return f"branch_cost/{net}/{branches}_{mode}/{stat}"
+
+
+def branch_plain_key(net: str, stat: str) -> str:
+    """A number of the plain net the branch costs are relative to (saved_mb)."""
+    return f"branch_cost/{net}/plain/{stat}"
+
+
+def branch_cost_window(net: str, branches: str, mode: str, size: int) -> str:
+    """Window and details entry of one branched net against its plain net at `size` px."""
+    return f"branch_cost/{net}/{branches}_{mode}/{size}px"
+
+
 # (description, metric, limit): the metric must be <= limit.
 TARGETS = (
     ("conversion of repvgg_b3, ours / timm", convert_key("repvgg_b3", "ratio_vs_timm"), 0.5),
@@ -132,5 +148,16 @@ TARGETS = (
         "plain repvgg_a0 at batch 8, ONNX Runtime int8 / fp32",
         int8_ratio_key("repvgg_a0", 8),
         0.5,
+    ),
+    # OREPA's published ResNet-18 ratios (CVPR 2022, Table 4: 0.120 / 0.086 s, 5.2 / 4.2 GB).
+    (
+        "online DBB resnet18 training step / plain (OREPA: 1.40x)",
+        branch_cost_key("tv_resnet18", "dbb", "online", "time_over_plain"),
+        1.4,
+    ),
+    (
+        "online DBB resnet18 saved activations / plain (OREPA: 1.24x)",
+        branch_cost_key("tv_resnet18", "dbb", "online", "memory_over_plain"),
+        1.24,
     ),
 )

@@ -323,11 +323,40 @@ def _md_gpu(report: dict[str, Any]) -> list[str]:
     return lines + [f"Device: {report['gpu']}.", "", *_table(["metric", "value"], rows)]
 
 
+def _md_branch_cost(report: dict[str, Any]) -> list[str]:
+    """Train-time branch cost per net, set and mode, when the section ran."""
+    m, s = report["metrics"], report["settings"]
+    if "branch_sizes" not in s or not any(key.startswith("branch_cost/") for key in m):
+        return []
+    sizes = s["branch_sizes"]
+    suffixes = [""] + [f"_{size}px" for size in sizes[1:]]
+    rows = []
+    for net in s["branch_nets"]:
+        for branches in s["branch_sets"]:
+            for mode in s["branch_modes"]:
+                cells = [
+                    _f(m.get(k.branch_cost_key(net, branches, mode, f"{stat}_over_plain{sfx}")))
+                    for sfx in suffixes
+                    for stat in ("time", "memory")
+                ]
+                if any(c != "—" for c in cells):
+                    rows.append([net, f"{branches} {mode}", *cells])
+    header = ["net", "branches"]
+    header += [f"{stat} / plain, {size} px" for size in sizes for stat in ("time", "memory")]
+    note = (
+        f"One SGD step (momentum 0.9), train mode, batch {s['branch_batch']}, fp32, "
+        f"{s['branch_threads']} threads: median over {s['branch_rounds']} alternated rounds of "
+        "branched / plain; memory: bytes autograd saves in one forward (parameters excluded)."
+    )
+    return ["### Train-time branch cost", "", note, "", *_table(header, rows)]
+
+
 def render_markdown(report: dict[str, Any], png_name: str | None = PNG_NAME) -> str:
     """The body of the generated block from a flat report (`flat_report`)."""
     lines = ["## Latest results", "", *_md_conditions(report), *_md_targets(report)]
     lines += _md_convert(report) + _md_latency_table(report, png_name)
     lines += _md_compile(report) + _md_peak(report) + _md_train(report) + _md_gpu(report)
+    lines += _md_branch_cost(report)
     if report["errors"]:
         lines += ["### Errors recorded", ""]
         lines += [f"- `{key}`: {v}" for key, v in sorted(report["errors"].items())] + [""]

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from repvgg_lab.bench.branch_cost import bench_branch_cost_section
 from repvgg_lab.bench.convert import bench_convert_section
 from repvgg_lab.bench.gpu import bench_gpu_section
 from repvgg_lab.bench.keys import RUN
@@ -39,6 +40,8 @@ def run_benchmarks(
             bench_train_section(s, run)
         if "gpu" in sections and torch.cuda.is_available():
             bench_gpu_section(s, run)
+        if "branch_cost" in sections:
+            bench_branch_cost_section(s, run)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "not available"
     return {
         "created": started.isoformat(timespec="seconds"),

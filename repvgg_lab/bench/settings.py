@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SECTIONS = ("convert", "latency", "train", "gpu")
+SECTIONS = ("convert", "latency", "train", "gpu", "branch_cost")
+# Run when --sections is not given: branch_cost at 224 px is a long run of its own.
+DEFAULT_SECTIONS = ("convert", "latency", "train", "gpu")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,14 @@ class Settings:
     gpu_rounds: int = 5
     gpu_matmul_size: int = 8192
     gpu_compile: bool = False  # also time training under torch.compile (the GPU check does)
+    branch_nets: tuple[str, ...] = ("tv_resnet18", "repvgg_a0")
+    branch_sets: tuple[str, ...] = ("repvgg", "acb", "dbb")
+    branch_modes: tuple[str, ...] = ("offline", "online")
+    branch_sizes: tuple[int, ...] = (224, 32)  # the first carries the targets
+    branch_batch: int = 32
+    branch_rounds: int = 7
+    branch_warmup: int = 1
+    branch_threads: int = 2
 
 
 PROFILES = {
@@ -55,6 +65,7 @@ PROFILES = {
         train_tiny_steps=100,
         gpu_steps=10,
         gpu_rounds=3,
+        branch_rounds=3,
     ),
     # Tiny sizes for the script's own test: checks the plumbing, measures nothing useful.
     "smoke": Settings(
@@ -81,5 +92,9 @@ PROFILES = {
         gpu_steps=1,
         gpu_rounds=1,
         gpu_matmul_size=64,
+        branch_sizes=(16,),
+        branch_batch=2,
+        branch_rounds=1,
+        branch_warmup=0,
     ),
 }

@@ -32,7 +32,9 @@ class RepVGGBlock(RepConv):
     (the identity BN exists only when in == out and stride == 1), plus squeeze-excitation and ReLU.
     With `gate=True` a learnable per-channel factor (`gate`, initialised to 1)
     multiplies the branch sum before attn/act; it folds into the fused kernel *and* bias, so a
-    gate of exactly 0 makes the channel dead (act(0) = 0) in the plain net."""
+    gate of exactly 0 makes the channel dead (act(0) = 0) in the plain net.
+    `mode="online"` trains the three branches as OREPA does: scaled kernels summed into one 3x3
+    kernel, one conv, one BN (`bn`); the deploy form is the same."""
 
     EXTRA_TRAIN = ("gate",)
 
@@ -46,9 +48,19 @@ class RepVGGBlock(RepConv):
         se: bool = False,
         deploy: bool = False,
         gate: bool = False,
+        mode: str = "offline",
     ) -> None:
         super().__init__(
-            in_channels, out_channels, 3, stride, 1, 1, groups, branches="repvgg", deploy=deploy
+            in_channels,
+            out_channels,
+            3,
+            stride,
+            1,
+            1,
+            groups,
+            branches="repvgg",
+            deploy=deploy,
+            mode=mode,
         )
         if not deploy and not self.has_identity:
             self.identity = None
@@ -63,7 +75,14 @@ class RepVGGBlock(RepConv):
         return self.in_channels == self.out_channels and self.stride == 1
 
     def _post(self) -> tuple[Tensor | None, Tensor | None]:
-        return self.gate, None
+        """The online BN (if any), then the gate (if any), as one per-channel scale and shift."""
+        scale, shift = super()._post()
+        if self.gate is None:
+            return scale, shift
+        if scale is None:
+            return self.gate, None
+        gate = self.gate.to(scale.dtype)
+        return gate * scale, gate * shift
 
     def forward(self, x: Tensor) -> Tensor:
         y = super().forward(x)
@@ -79,6 +98,7 @@ class RepVGGBlock(RepConv):
             f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
             f"groups={self.groups}, deploy={self.deploy}"
             + (", gate=True" if self.gate is not None else "")
+            + (", mode=online" if self.online else "")
         )
 
 
@@ -96,6 +116,8 @@ class QARepVGGBlock(RepVGGBlock):
 
     def _build_branches(self) -> None:
         """Create the train-form branches: kxk conv + BN, plain 1x1 conv, identity, sum BN."""
+        if self.online:
+            raise ValueError("QARepVGG has no online form (its branches already share one BN)")
         cin, cout, stride, groups = self.in_channels, self.out_channels, self.stride, self.groups
         self.conv_kxk = ConvBN(cin, cout, 3, stride, groups)
         self.conv_1x1 = nn.Conv2d(cin, cout, 1, stride=stride, groups=groups, bias=False)

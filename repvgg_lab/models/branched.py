@@ -4,11 +4,18 @@
 `add_branches(model, branches="dbb")` finds the pairs by tracing the net with torch.fx (a conv
 whose only consumer is a BatchNorm2d, each called once, both children of the same module); a net
 that cannot be traced is paired by registration order (a conv child followed by a BN child).
-The conv's slot gets a `BranchedConv` (the original conv + BN as its first kxk branch, the new
-branches with BN gamma = beta = 0, so the eval-mode net computes the same function), the BN's slot
-a `FoldedBN` placeholder. After training, the fused kernel goes back into an `nn.Conv2d` of the
-original configuration and the fused bias into the BN, whose statistics are set so that it adds
-the bias and multiplies by exactly 1.0: one rounding, as for any other fused conv.
+Offline (`mode="offline"`, DBB/ACNet/RepVGG): the conv's slot gets a `BranchedConv` (the original
+conv + BN as its first kxk branch, the new branches with BN gamma = beta = 0, so the eval-mode net
+computes the same function), the BN's slot a `FoldedBN` placeholder. After training, the fused
+kernel goes back into an `nn.Conv2d` of the original configuration and the fused bias into the
+BN, whose statistics are set so that it adds the bias and multiplies by exactly 1.0: one
+rounding, as for any other fused conv.
+
+Online (`mode="online"`, OREPA): the conv's slot gets a `BranchedConv` whose branches carry no BN,
+each a kernel with a per-channel scale (the original kernel at scale 1, the new branches at 0,
+unless `init_scales="orepa"`), summed into one kernel in every forward; the BN stays a real BN.
+After training, the float64 sum goes back into the original conv, rounded once; the BN is the
+net's own.
 """
 
 from __future__ import annotations
@@ -18,16 +25,17 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
-from repvgg_lab.models.repconv import (
+from repvgg_lab.models.geometry import (
     BRANCH_SETS,
     Geometry,
-    RepConv,
     branch_kinds,
     numeric_padding,
     usable_branches,
 )
+from repvgg_lab.models.online import check_mode
+from repvgg_lab.models.repconv import RepConv
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +69,21 @@ def _unit_var(eps: float, dtype: torch.dtype) -> torch.Tensor:
 
 class BranchedConv(RepConv):
     """A user's conv + BN trained as parallel branches; its plain form is the user's own
-    `nn.Conv2d` (same configuration, bias if it had one) plus the BN named `bn_name` beside it."""
+    `nn.Conv2d` (same configuration, bias if it had one), plus, offline, the BN named `bn_name`
+    beside it (online, that BN stays in the net: this module is the conv alone)."""
+
+    OWN_BN = False
 
     def __init__(
-        self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_name: str, branches: Sequence[str]
+        self,
+        conv: nn.Conv2d,
+        bn: nn.BatchNorm2d,
+        bn_name: str,
+        branches: Sequence[str],
+        *,
+        mode: str = "offline",
+        init_scales: str = "keep",
+        inner_channels: int | None = None,
     ) -> None:
         g = Geometry.of(conv)
         super().__init__(
@@ -75,14 +94,22 @@ class BranchedConv(RepConv):
             g.padding,
             g.dilation,
             g.groups,
-            # "kxk" first: branch 0 is the original conv + BN (`_start_as`).
+            # "kxk" first: branch 0 is the original conv (+ BN offline) (`_start_as`).
             branches=tuple(sorted(branches, key=lambda kind: kind != "kxk")),
+            mode=mode,
+            init_scales=init_scales,
+            inner_channels=inner_channels,
         )
         self.bn_name, self.conv_bias = bn_name, conv.bias is not None
         self.conv_padding = conv.padding  # "same" or "valid" stays a string in the plain conv
+        if self.online and conv.bias is not None:
+            self.bias = nn.Parameter(conv.bias.detach().clone())
         self.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
-            self._start_as(conv, bn)
+            if self.online:
+                self.branch_modules()[0][1].weight.copy_(conv.weight)
+            else:
+                self._start_as(conv, bn)
         if not conv.weight.requires_grad:  # a frozen layer stays frozen, branches included
             self.requires_grad_(False)
 
@@ -102,14 +129,29 @@ class BranchedConv(RepConv):
                 last.weight.zero_()
                 last.bias.zero_()
 
+    def _online_forward(self, x: Tensor) -> Tensor:
+        """The user's conv with the online kernel (and its bias); its BN follows in the net."""
+        return self._online_conv(x, getattr(self, "bias", None))
+
+    def _post(self) -> tuple[Tensor | None, Tensor | None]:
+        """Online: the conv's own bias, carried into the plain conv; offline: nothing."""
+        return None, getattr(self, "bias", None) if self.online else None
+
+    def _train_names(self) -> list[str]:
+        return super()._train_names() + (["bias"] if hasattr(self, "bias") else [])
+
     def to_plain(self) -> nn.Conv2d:
         """The original conv, holding the fused kernel (and a zero bias if it had a bias)."""
         return self.plain_parts()[""]
 
     def plain_parts(self) -> dict[str, nn.Module]:
-        """{"": the plain conv (`to_plain`), bn_name: a BatchNorm2d beside it that adds the fused
-        bias and multiplies by exactly 1.0}, from one fusion."""
+        """{"": the plain conv (`to_plain`)} and, offline, {bn_name: a BatchNorm2d beside it that
+        adds the fused bias and multiplies by exactly 1.0}, from one fusion."""
         conv = self._fused_conv(self.conv_padding)
+        if self.online:
+            if not self.conv_bias:
+                conv.bias = None
+            return {"": conv}
         bn = copy.deepcopy(self.branch_modules()[0][1].bn)
         with torch.no_grad():
             bn.weight.fill_(1.0)
@@ -239,19 +281,46 @@ def _check_branches(branches: str | Sequence[str]) -> None:
         )
 
 
+def _replace(net: nn.Module, name: str, bn_name: str, kept: tuple[str, ...], **options) -> None:
+    """Put a `BranchedConv` (`options` go to it) in the slot of conv `name`, and offline a
+    `FoldedBN` in the slot of its BN `bn_name`."""
+    parent, _, child = name.rpartition(".")
+    holder, bn = net.get_submodule(parent), net.get_submodule(bn_name)
+    conv, bn_child = net.get_submodule(name), bn_name.rpartition(".")[2]
+    multiplier = options.pop("inner_multiplier", None)
+    inner = multiplier * conv.in_channels if multiplier else None
+    branched = BranchedConv(conv, bn, bn_child, kept, inner_channels=inner, **options)
+    # The new modules take the BN's train/eval mode: an eval-mode net stays in eval mode.
+    setattr(holder, child, branched.train(bn.training))
+    if not branched.online:
+        setattr(holder, bn_child, FoldedBN(bn).train(bn.training))
+
+
 def add_branches(
-    model: nn.Module, branches: str | Sequence[str] = "dbb", *, inplace: bool = False
+    model: nn.Module,
+    branches: str | Sequence[str] = "dbb",
+    *,
+    inplace: bool = False,
+    mode: str = "offline",
+    init_scales: str = "keep",
+    inner_multiplier: int | None = None,
 ) -> nn.Module:
     """A copy of `model` (unless `inplace`) in which every conv followed by a BatchNorm2d is a
     `BranchedConv` with `branches` ("repvgg", "acb", "dbb" or a list of kinds, see
-    `repvgg_lab.models.repconv`), computing the same eval-mode function as `model`.
+    `repvgg_lab.models.geometry`), computing the same eval-mode function as `model`.
 
+    `mode` "offline" gives every branch its own BN; "online" trains scaled branches summed into
+    one kernel before the net's own BN (see the module docstring), starting from the net's
+    function unless `init_scales="orepa"` (OREPA's scales, for training from scratch).
+    `inner_multiplier` sets the width inside DBB's 1x1 -> kxk branch to that many times the
+    conv's input channels (default: DBB's, 2 for depthwise convs and 1 otherwise).
     Kinds a conv's geometry does not allow are left out for that conv; convs without a BN,
     transposed convs and other ineligible layers are left alone. Each decision is logged, one line
     per conv. `reparameterize` of the result returns `model`'s own architecture."""
     if isinstance(branches, str) and branches == "none":
         return model if inplace else copy.deepcopy(model)
     _check_branches(branches)
+    check_mode(mode, init_scales)
     net = model if inplace else copy.deepcopy(model)
     pairs, why = conv_bn_pairs(net)
     inside = [n for n, m in net.named_modules() if n and _is_branched(m)]
@@ -270,16 +339,10 @@ def add_branches(
         if problem is not None:
             log.info("%s: %s; left alone", name, problem)
             continue
-        bn_name = pairs[name]
-        parent, _, child = name.rpartition(".")
-        holder = net.get_submodule(parent)
-        bn = net.get_submodule(bn_name)
-        # The new modules take the BN's train/eval mode: an eval-mode net stays in eval mode.
-        branched = BranchedConv(conv, bn, bn_name.rpartition(".")[2], kept).train(bn.training)
-        setattr(holder, child, branched)
-        setattr(holder, bn_name.rpartition(".")[2], FoldedBN(bn).train(bn.training))
+        options = {"mode": mode, "init_scales": init_scales, "inner_multiplier": inner_multiplier}
+        _replace(net, name, pairs[name], kept, **options)
         left_out = f" (left out: {', '.join(k for k, _ in dropped)})" if dropped else ""
-        log.info("%s + %s: branches %s%s", name, bn_name, "+".join(kept), left_out)
+        log.info("%s + %s: %s branches %s%s", name, pairs[name], mode, "+".join(kept), left_out)
         converted += 1
     if not converted:
         raise ValueError(_nothing_to_branch(model, inside))
@@ -299,9 +362,16 @@ def _nothing_to_branch(model: nn.Module, inside: list[str]) -> str:
     )
 
 
-def with_branches(net: nn.Module, branches: str, deploy: bool = False) -> nn.Module:
-    """`net` itself for its deploy form or `branches="none"`, else `add_branches(net, branches)`
-    (in place: `net` is new). The registry's builders of ordinary architectures use this."""
+def with_branches(
+    net: nn.Module,
+    branches: str,
+    deploy: bool = False,
+    mode: str = "offline",
+    init_scales: str = "keep",
+) -> nn.Module:
+    """`net` itself for its deploy form or `branches="none"`, else `add_branches(net, branches,
+    mode=mode, init_scales=init_scales)` (in place: `net` is new). The registry's builders of
+    ordinary architectures use this."""
     if deploy or branches == "none":
         return net
-    return add_branches(net, branches, inplace=True)
+    return add_branches(net, branches, inplace=True, mode=mode, init_scales=init_scales)

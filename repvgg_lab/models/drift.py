@@ -80,10 +80,11 @@ def _unit_scale(x: Tensor) -> Tensor:
 
 def _plain_block(plain: nn.Module, source_block: nn.Module, name: str) -> nn.Module:
     """What stands for a source block in the plain net: its plain module, followed by the BN
-    restored beside it when the block replaced a user's conv + BN pair (`add_branches`)."""
+    restored beside it when the block replaced a user's conv + BN pair (`add_branches`, offline;
+    an online block is the conv alone, its BN stayed in the net)."""
     module = plain.get_submodule(name)
     bn_name = getattr(source_block, "bn_name", None)
-    if bn_name is None:
+    if bn_name is None or getattr(source_block, "online", False):
         return module
     parent = name.rpartition(".")[0]
     return nn.Sequential(module, plain.get_submodule(f"{parent}.{bn_name}" if parent else bn_name))

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 from torch.nn.utils import skip_init
 
-from repvgg_lab.reparam import BNStats, identity_kernel
+from repvgg_lab.reparam import FUSE_DTYPE, BNStats, identity_kernel
 from repvgg_lab.reparam.fuse import Term, average_kernel, bn_term, compose
 
 if TYPE_CHECKING:
@@ -128,16 +129,43 @@ class PadBN(nn.BatchNorm2d):
         return f"{super().extra_repr()}, padding={self.padding}"
 
 
-class TwoStage(nn.Module):
-    """DBB's two-stage branch: 1x1 conv + PadBN, then a kxk conv (or kxk average pooling) + BN."""
+class IdentityConv1x1(nn.Conv2d):
+    """DBB's identity-based 1x1 conv (in == out channels): the kernel is the identity plus the
+    learned `weight`, which starts at zero, so weight decay pulls the conv towards the identity."""
 
-    def __init__(self, g: Geometry, pool: bool) -> None:
+    def __init__(self, channels: int, groups: int = 1) -> None:
+        super().__init__(channels, channels, 1, groups=groups, bias=False)
+        nn.init.zeros_(self.weight)
+
+    def kernel(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The conv's actual kernel, identity + weight, computed in `dtype` (default: the
+        weight's; float64 for a conversion, so the sum is not rounded first)."""
+        w = self.weight.to(dtype or self.weight.dtype)
+        return w + identity_kernel(w.shape[0], self.groups, 1, dtype=w.dtype, device=w.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.kernel(), None)
+
+
+def first_kernel(conv: nn.Conv2d) -> Tensor:
+    """The kernel a two-stage branch's first conv applies (identity-based or plain), for a
+    float64 fusion."""
+    return conv.kernel(FUSE_DTYPE) if isinstance(conv, IdentityConv1x1) else conv.weight
+
+
+class TwoStage(nn.Module):
+    """DBB's two-stage branch: 1x1 conv + PadBN, then a kxk conv (or kxk average pooling) + BN.
+
+    The 1x1 -> kxk branch is `inner` channels wide inside (default: `Geometry.inner_channels`);
+    its first conv is identity-based where that width is the input's (`IdentityConv1x1`)."""
+
+    def __init__(self, g: Geometry, pool: bool, inner: int | None = None) -> None:
         super().__init__()
-        mid = g.out_channels if pool else g.in_channels
-        self.conv1 = nn.Conv2d(g.in_channels, mid, 1, groups=g.groups, bias=False)
-        if not pool:
-            with torch.no_grad():  # start as the identity (DBB's choice for this branch)
-                self.conv1.weight.copy_(identity_kernel(mid, g.groups, 1))
+        mid = g.out_channels if pool else g.inner_channels(inner)
+        if not pool and mid == g.in_channels:
+            self.conv1 = IdentityConv1x1(mid, g.groups)
+        else:
+            self.conv1 = nn.Conv2d(g.in_channels, mid, 1, groups=g.groups, bias=False)
         self.bn1 = PadBN(mid, g.padding)
         if pool:
             self.pool = nn.AvgPool2d(g.kernel, g.stride, padding=0)
@@ -153,11 +181,35 @@ class TwoStage(nn.Module):
         return self.bn2(self.pool(y) if hasattr(self, "pool") else self.conv2(y))
 
     def term(self, offset: tuple[int, int] = (0, 0)) -> Term:
-        first = bn_term(self.conv1.weight, BNStats.of(self.bn1))
+        """This branch as a fusion term (composed at every pixel: `compose`)."""
+        first = bn_term(first_kernel(self.conv1), BNStats.of(self.bn1))
         if hasattr(self, "pool"):
             ref = self.conv1.weight
-            second = average_kernel(ref.shape[0], self.groups, _pair(self.pool.kernel_size))
-            second = second.to(ref.device)
+            size = _pair(self.pool.kernel_size)
+            second = average_kernel(ref.shape[0], self.groups, size, device=ref.device)
         else:
             second = self.conv2.weight
         return compose(first, bn_term(second, BNStats.of(self.bn2), offset), self.groups)
+
+
+class PoolBN(nn.Module):
+    """DBB's pooling branch of a depthwise conv: kxk average pooling of the zero-padded input
+    (padding counted, as a conv sees it), then BN."""
+
+    def __init__(self, g: Geometry) -> None:
+        super().__init__()
+        self.padding = g.padding
+        self.pool = nn.AvgPool2d(g.kernel, g.stride, padding=0)
+        self.bn = nn.BatchNorm2d(g.out_channels)
+        self.groups = g.groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        ph, pw = self.padding
+        return self.bn(self.pool(F.pad(x, (pw, pw, ph, ph)) if ph or pw else x))
+
+    def term(self, offset: tuple[int, int] = (0, 0)) -> Term:
+        """This branch as a fusion term: the pooling's kernel, then the BN."""
+        ref = self.bn.running_mean
+        size = _pair(self.pool.kernel_size)
+        kernel = average_kernel(ref.shape[0], self.groups, size, device=ref.device)
+        return bn_term(kernel, BNStats.of(self.bn), offset)

@@ -1,37 +1,54 @@
 """The general re-parameterizable conv: any kernel size, stride, padding, dilation and groups,
 trained as a sum of parallel branches and fused into one conv with bias.
 
-Branch kinds (names in the state dict in brackets):
-- "kxk"      kxk conv + BN, once or several times (MobileOne) [conv_kxk]
-- "1x1"      1x1 conv + BN, at the centre tap [conv_1x1]
-- "1xk"/"kx1" ACNet's horizontal / vertical kernels + BN, centre row / column [conv_1xk, conv_kx1]
-- "identity" BN of the input (in == out, stride 1, output size == input size) [identity]
-- "1x1_kxk"  DBB's 1x1 conv + BN, then kxk conv + BN [conv_1x1_kxk]
-- "1x1_avg"  DBB's 1x1 conv + BN, then kxk average pooling + BN (dilation 1) [conv_1x1_avg]
-The map between the two stages of a DBB branch is padded with its BN's shift, not zeros, so the
-fused conv is exact at the border too.
+Branch kinds are listed in `repvgg_lab.models.geometry` (names in the state dict: `_MODULE`).
+Two layouts (`mode`):
+- "offline" (RepVGG, ACNet, DBB): every branch ends in its own BN, and the block's output is the
+  sum of the branch outputs. The map between the two stages of a DBB branch is padded with its
+  BN's shift, not zeros, so the fused conv is exact at the border too.
+- "online" (OREPA): branches without BN, each with a learnable per-channel scale, summed into one
+  kernel in every forward; one conv, then the block's one BN (`repvgg_lab.models.online`).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
+from torch.utils.checkpoint import checkpoint
 
-from repvgg_lab.models.layers import ConvBN, TwoStage, new_conv
-from repvgg_lab.reparam import BNStats
+from repvgg_lab.models.geometry import (
+    BRANCH_SETS,
+    KINDS,
+    Geometry,
+    branch_kinds,
+    branch_problem,
+    numeric_padding,
+    padding_numbers,
+    usable_branches,
+)
+from repvgg_lab.models.layers import ConvBN, PoolBN, TwoStage, new_conv
+from repvgg_lab.models.online import check_mode, initial_scale, online_branch
+from repvgg_lab.reparam import FUSE_DTYPE, BNStats
 from repvgg_lab.reparam.fuse import Term, bn_term, fuse
 
-KINDS = ("kxk", "1x1", "1xk", "kx1", "identity", "1x1_kxk", "1x1_avg")
-BRANCH_SETS: dict[str, tuple[str, ...]] = {
-    "repvgg": ("kxk", "1x1", "identity"),
-    "acb": ("kxk", "1xk", "kx1"),
-    "dbb": ("kxk", "1x1", "1x1_avg", "1x1_kxk"),
-}
+# Re-exported: the vocabulary callers used to import from here.
+__all__ = [
+    "BRANCH_SETS",
+    "KINDS",
+    "Geometry",
+    "RepConv",
+    "branch_kinds",
+    "branch_problem",
+    "numeric_padding",
+    "padding_numbers",
+    "usable_branches",
+]
+
 _MODULE = {
     "kxk": "conv_kxk",
     "1x1": "conv_1x1",
@@ -40,145 +57,27 @@ _MODULE = {
     "identity": "identity",
     "1x1_kxk": "conv_1x1_kxk",
     "1x1_avg": "conv_1x1_avg",
+    "avg": "avg",
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    """A conv's shape: channels, kernel, stride, padding, dilation and groups (pairs as (h, w))."""
-
-    in_channels: int
-    out_channels: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-
-    @classmethod
-    def of(cls, conv: nn.Conv2d) -> Geometry:
-        """The geometry of an existing conv (padding must be numeric: see `numeric_padding`)."""
-        padding = numeric_padding(conv)
-        if padding is None:
-            raise ValueError(f"padding {conv.padding!r} is not symmetric")
-        return cls(
-            conv.in_channels,
-            conv.out_channels,
-            _pair(conv.kernel_size),
-            _pair(conv.stride),
-            padding,
-            _pair(conv.dilation),
-            conv.groups,
+def _numeric_padding(
+    padding: str | int | tuple[int, int] | None,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    """RepConv's `padding` as numbers: None is 'same' for odd kernels; "same" and "valid" as in
+    nn.Conv2d (ValueError where 'same' is impossible)."""
+    if padding is None:
+        return tuple(x * (y - 1) // 2 for x, y in zip(dilation, kernel, strict=True))
+    pad = padding_numbers(padding, kernel, dilation)
+    if pad is None or (padding == "same" and stride != (1, 1)):
+        raise ValueError(
+            f"padding='same' needs stride 1 and an even dilation * (kernel - 1) "
+            f"(kernel {kernel}, dilation {dilation}, stride {stride})"
         )
-
-    def sub_kernel(self, kind: str) -> tuple[int, int]:
-        """Kernel size of a branch kind's own conv (kxk for the composite kinds)."""
-        kh, kw = self.kernel
-        return {"1x1": (1, 1), "1xk": (1, kw), "kx1": (kh, 1), "identity": (1, 1)}.get(
-            kind, (kh, kw)
-        )
-
-    def branch_padding(self, kind: str) -> tuple[int, int]:
-        """Padding of a branch's own conv so that its taps line up with the frame's centre."""
-        sub = self.sub_kernel(kind)
-        return tuple(
-            p - d * ((k - s) // 2)
-            for p, d, k, s in zip(self.padding, self.dilation, self.kernel, sub, strict=True)
-        )
-
-    def offset(self, kind: str) -> tuple[int, int]:
-        """Frame tap where the branch's tap (0, 0) lands: centred, which `branch_padding` makes
-        the branch's conv read (`branch_problem` rejects kinds that cannot be centred)."""
-        sub = self.sub_kernel(kind)
-        return tuple((k - s) // 2 for k, s in zip(self.kernel, sub, strict=True))
-
-
-def numeric_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
-    """A conv's padding as (h, w) integers ("valid" is 0; "same" where it is symmetric)."""
-    return padding_numbers(conv.padding, conv.kernel_size, conv.dilation)
-
-
-def padding_numbers(
-    padding: str | int | tuple[int, int],
-    kernel_size: int | tuple[int, int],
-    dilation: int | tuple[int, int] = 1,
-) -> tuple[int, int] | None:
-    """`padding` as (h, w) integers: "valid" is 0, "same" is dilation * (k - 1) / 2 where that is
-    symmetric (None where it is not, e.g. an even kernel)."""
-    if not isinstance(padding, str):
-        return _pair(padding)
-    if padding not in ("same", "valid"):
-        raise ValueError(f"padding {padding!r}: a string padding is 'same' or 'valid'")
-    if padding == "valid":
-        return (0, 0)
-    totals = [d * (k - 1) for d, k in zip(_pair(dilation), _pair(kernel_size), strict=True)]
-    return None if any(t % 2 for t in totals) else tuple(t // 2 for t in totals)
-
-
-def branch_problem(kind: str, g: Geometry) -> str | None:
-    """Why branch `kind` cannot be part of a conv of geometry `g` (None when it can)."""
-    if kind not in KINDS:
-        return f"unknown branch {kind!r} (known: {', '.join(KINDS)})"
-    if kind == "kxk":
-        return None
-    sub = g.sub_kernel(kind)
-    if kind in ("1x1", "1xk", "kx1") and sub == g.kernel:
-        return f"a {kind} branch duplicates the {g.kernel[0]}x{g.kernel[1]} kernel"
-    if kind == "1x1_avg":
-        if g.kernel == (1, 1):
-            return "1x1 average pooling is the identity"
-        return "average pooling has no dilation" if g.dilation != (1, 1) else None
-    if kind == "1x1_kxk":
-        return None
-    for k, s in zip(g.kernel, sub, strict=True):
-        if (k - s) % 2:
-            return f"a {kind} branch has no centre in a {g.kernel[0]}x{g.kernel[1]} kernel"
-    if min(g.branch_padding(kind)) < 0:
-        return f"padding {g.padding} is too small to centre a {kind} branch"
-    if kind == "identity":
-        if g.in_channels != g.out_channels or g.stride != (1, 1):
-            return "identity needs in == out channels and stride 1"
-        if g.branch_padding(kind) != (0, 0):
-            return f"identity needs 'same' padding (got {g.padding})"
-    return None
-
-
-def branch_kinds(branches: str | Sequence[str]) -> tuple[str, ...]:
-    """The kinds of a branch set name or an explicit list (ValueError for unknown names)."""
-    if isinstance(branches, str):
-        if branches not in BRANCH_SETS:
-            raise ValueError(
-                f"unknown branch set {branches!r}; known: {', '.join(BRANCH_SETS)}, "
-                f"or a list of {', '.join(KINDS)}"
-            )
-        return BRANCH_SETS[branches]
-    unknown = [k for k in branches if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown branch {unknown[0]!r}; known: {', '.join(KINDS)}")
-    return tuple(branches)
-
-
-def usable_branches(
-    branches: str | Sequence[str], g: Geometry, *, strict: bool | None = None
-) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
-    """(kinds kept, [(kind, why dropped)]) for a branch set name or an explicit list of kinds.
-
-    A named set keeps the kinds the geometry allows; an explicit list must be usable as given
-    unless `strict=False` ("kxk" may repeat: MobileOne's parallel kxk branches)."""
-    named = branch_kinds(branches)
-    dropped = [(k, why) for k in dict.fromkeys(named) if (why := branch_problem(k, g))]
-    if strict is None:
-        strict = not isinstance(branches, str)
-    if dropped and strict:
-        raise ValueError(f"branch {dropped[0][0]!r} cannot be used here: {dropped[0][1]}")
-    extra = [k for k in named if k != "kxk" and named.count(k) > 1]
-    if extra:
-        raise ValueError(f"branch {extra[0]!r} is listed twice (only 'kxk' may repeat)")
-    skip = {k for k, _ in dropped}
-    kept = tuple(k for k in named if k not in skip)
-    if not kept:
-        raise ValueError("a re-parameterizable conv needs at least one branch")
-    return kept, dropped
+    return pad
 
 
 class RepConv(nn.Module):
@@ -188,12 +87,17 @@ class RepConv(nn.Module):
     are left out) or an explicit list of kinds. `padding` None means 'same' for odd kernels;
     "same" and "valid" work as in nn.Conv2d (the plain conv gets their numbers).
 
+    `mode` is "offline" (a BN per branch) or "online" (scaled branches, one BN: OREPA);
+    `init_scales` ("orepa" or "keep", see `repvgg_lab.models.online`) starts the online scales;
+    `inner_channels` is the width inside a 1x1 -> kxk branch (default: DBB's).
+
     Subclasses rename branch modules through `NAMES` (a kind -> attribute name map) and make
     `conv_kxk` a ModuleList even for one kxk branch with `KXK_LIST`, to match other code's
-    state dicts."""
+    state dicts; `OWN_BN = False` leaves an online block's BN to the net around it."""
 
     NAMES: dict[str, str] = _MODULE
     KXK_LIST = False
+    OWN_BN = True
     # Train-form parameters or modules outside the branches (subclasses), dropped when fused.
     EXTRA_TRAIN: tuple[str, ...] = ()
 
@@ -209,66 +113,62 @@ class RepConv(nn.Module):
         *,
         branches: str | Sequence[str] = "repvgg",
         deploy: bool = False,
+        mode: str = "offline",
+        init_scales: str = "orepa",
+        inner_channels: int | None = None,
     ) -> None:
         super().__init__()
-        k, d = _pair(kernel_size), _pair(dilation)
-        if padding is None:
-            pad = tuple(x * (y - 1) // 2 for x, y in zip(d, k, strict=True))
-        else:
-            pad = padding_numbers(padding, k, d)
-            if pad is None or (padding == "same" and _pair(stride) != (1, 1)):
-                raise ValueError(
-                    f"padding='same' needs stride 1 and an even dilation * (kernel - 1) "
-                    f"(kernel {k}, dilation {d}, stride {_pair(stride)})"
-                )
-        self.geometry = Geometry(in_channels, out_channels, k, _pair(stride), pad, d, groups)
+        check_mode(mode, init_scales)
+        k, d, s = _pair(kernel_size), _pair(dilation), _pair(stride)
+        pad = _numeric_padding(padding, k, s, d)
+        self.geometry = Geometry(in_channels, out_channels, k, s, pad, d, groups)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, pad
         self.dilation, self.groups = dilation, groups
         self.branches, _ = usable_branches(branches, self.geometry)
-        self.deploy = deploy
+        self.deploy, self.mode = deploy, mode
+        self.init_scales, self.inner_channels = init_scales, inner_channels
         if deploy:
-            g = self.geometry
-            self.reparam_conv = nn.Conv2d(
-                in_channels, out_channels, k, g.stride, pad, d, groups, bias=True
-            )
+            self.reparam_conv = nn.Conv2d(in_channels, out_channels, k, s, pad, d, groups)
         else:
             self._build_branches()
 
-    def _build_branches(self) -> None:
-        """Create the train-form branch modules."""
+    @property
+    def online(self) -> bool:
+        """Whether the train form is online (scaled branches summed into one kernel)."""
+        return self.mode == "online"
+
+    def _branch(self, kind: str, first_kxk: bool) -> nn.Module:
+        """A new train-form module of branch `kind` (`first_kxk`: the block's first kxk)."""
         g = self.geometry
+        if self.online:
+            value = initial_scale(kind, self.init_scales, first_kxk)
+            return online_branch(kind, g, value, self.inner_channels)
+        if kind == "identity":
+            return nn.BatchNorm2d(g.out_channels)
+        if kind == "avg":
+            return PoolBN(g)
+        if kind in ("1x1_kxk", "1x1_avg"):
+            return TwoStage(g, pool=kind == "1x1_avg", inner=self.inner_channels)
+        return ConvBN(
+            g.in_channels,
+            g.out_channels,
+            g.sub_kernel(kind),
+            g.stride,
+            g.groups,
+            padding=g.branch_padding(kind),
+            dilation=g.dilation,
+        )
+
+    def _build_branches(self) -> None:
+        """Create the train-form branch modules (and an online block's BN)."""
         for kind in dict.fromkeys(self.branches):
-            if kind == "kxk":
-                count = self.branches.count("kxk")
-                convs = [
-                    ConvBN(
-                        g.in_channels,
-                        g.out_channels,
-                        g.kernel,
-                        g.stride,
-                        g.groups,
-                        padding=g.padding,
-                        dilation=g.dilation,
-                    )
-                    for _ in range(count)
-                ]
-                module = nn.ModuleList(convs) if count > 1 or self.KXK_LIST else convs[0]
-            elif kind == "identity":
-                module = nn.BatchNorm2d(g.out_channels)
-            elif kind in ("1x1_kxk", "1x1_avg"):
-                module = TwoStage(g, pool=kind == "1x1_avg")
-            else:
-                module = ConvBN(
-                    g.in_channels,
-                    g.out_channels,
-                    g.sub_kernel(kind),
-                    g.stride,
-                    g.groups,
-                    padding=g.branch_padding(kind),
-                    dilation=g.dilation,
-                )
-            setattr(self, self.NAMES[kind], module)
+            count = self.branches.count(kind)
+            parts = [self._branch(kind, kind == "kxk" and i == 0) for i in range(count)]
+            listed = count > 1 or (kind == "kxk" and self.KXK_LIST)
+            setattr(self, self.NAMES[kind], nn.ModuleList(parts) if listed else parts[0])
+        if self.online and self.OWN_BN:
+            self.bn = nn.BatchNorm2d(self.geometry.out_channels)
 
     def branch_modules(self) -> list[tuple[str, nn.Module]]:
         """(kind, module) of every train-form branch, each parallel kxk branch on its own."""
@@ -287,27 +187,59 @@ class RepConv(nn.Module):
         return y
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.reparam_conv(x) if self.deploy else self._branch_sum(x)
+        if self.deploy:
+            return self.reparam_conv(x)
+        return self._online_forward(x) if self.online else self._branch_sum(x)
 
-    def _terms(self) -> list[Term]:
-        """The branches as fusion terms, in the frame of the kernel."""
+    def online_kernel(self) -> Tensor:
+        """The kernel an online block's forward uses: the scaled branches summed in the block's
+        dtype (differentiable); conversion builds the same sum in float64.
+
+        Under autograd the sum is recomputed in backward instead of keeping its intermediate
+        kernels (composed 1x1 -> kxk and pooling kernels): a step then stores one kernel per
+        conv beyond the plain net's activations, and the recomputation is kernel-sized work."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return checkpoint(self._summed_kernel, use_reentrant=False)
+        return self._summed_kernel()
+
+    def _summed_kernel(self) -> Tensor:
+        """The online branches summed into one kernel, in the block's dtype."""
+        dtype = next(self.parameters()).dtype
+        return fuse(self._terms(dtype), self._shape, dtype=dtype, work=dtype)[0]
+
+    def _online_conv(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """One conv of `x` with `online_kernel` (plus `bias`)."""
+        g = self.geometry
+        return F.conv2d(x, self.online_kernel(), bias, g.stride, g.padding, g.dilation, g.groups)
+
+    def _online_forward(self, x: Tensor) -> Tensor:
+        """Online train-form output: the one conv, then the block's one BN."""
+        return self.bn(self._online_conv(x))
+
+    def _terms(self, work: torch.dtype = FUSE_DTYPE) -> list[Term]:
+        """The branches as fusion terms, in the frame of the kernel (online terms build their
+        fixed kernels in `work`)."""
         g, terms = self.geometry, []
         for kind, module in self.branch_modules():
             offset = g.offset(kind)  # (0, 0) for the full-size kinds
-            if kind == "identity":
+            if self.online:
+                terms.append(module.term(offset, work))
+            elif kind == "identity":
                 terms.append(bn_term(None, BNStats.of(module), offset))
             else:
                 terms.append(module.term(offset))
         return terms
 
     def _post(self) -> tuple[Tensor | None, Tensor | None]:
-        """Per-channel (scale, shift) applied to the branch sum before any activation."""
+        """Per-channel (scale, shift) applied to the branch sum before any activation: an online
+        block's BN (float64)."""
+        if self.online and self.OWN_BN:
+            return BNStats.of(self.bn).scale_shift()
         return None, None
 
     @property
     def _shape(self) -> tuple[int, int, int, int]:
-        g = self.geometry
-        return (g.out_channels, g.in_channels // g.groups, *g.kernel)
+        return self.geometry.shape
 
     def _kernel_bias(
         self, dtype: torch.dtype | None = None, out: tuple[Tensor, Tensor] | None = None
@@ -344,7 +276,9 @@ class RepConv(nn.Module):
         return conv.train(self.training)
 
     def _train_names(self) -> list[str]:
-        return [self.NAMES[k] for k in dict.fromkeys(self.branches)] + list(self.EXTRA_TRAIN)
+        own_bn = ["bn"] if self.online and self.OWN_BN else []
+        names = [self.NAMES[k] for k in dict.fromkeys(self.branches)]
+        return names + own_bn + list(self.EXTRA_TRAIN)
 
     def to_plain(self) -> RepConv:
         """A new deploy-form module computing the same function; this one is left untouched."""
@@ -385,5 +319,5 @@ class RepConv(nn.Module):
         return (
             f"{g.in_channels}, {g.out_channels}, kernel={g.kernel}, stride={g.stride}, "
             f"padding={g.padding}, dilation={g.dilation}, groups={g.groups}, "
-            f"branches={'+'.join(self.branches)}, deploy={self.deploy}"
+            f"branches={'+'.join(self.branches)}, mode={self.mode}, deploy={self.deploy}"
         )

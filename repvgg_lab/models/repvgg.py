@@ -3,11 +3,14 @@ al., AAAI 2024): architecture as data, one model class."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
+from repvgg_lab.errors import ConfigError, check_choice
 from repvgg_lab.models.blocks import BLOCK_TYPES
+from repvgg_lab.models.online import MODES
 
 BASE_WIDTHS = (64, 128, 256, 512)
 
@@ -15,8 +18,10 @@ BASE_WIDTHS = (64, 128, 256, 512)
 @dataclass(frozen=True)
 class RepVGGConfig:
     """Stage depths, width multipliers (a, a, a, b), groups on odd blocks of each stage, SE,
-    per-channel gates for sparsity training (see `RepVGGBlock`), and the block type: "repvgg" or
-    "qa" (`QARepVGGBlock`; same widths and the same deploy form)."""
+    per-channel gates for sparsity training (see `RepVGGBlock`), the block type: "repvgg" or
+    "qa" (`QARepVGGBlock`; same widths and the same deploy form), and the branch layout of the
+    "repvgg" blocks: "offline" (a BN per branch) or "online" (OREPA: scaled branches summed into
+    one kernel, one BN; same deploy form)."""
 
     depths: tuple[int, int, int, int]
     widths: tuple[float, float, float, float]
@@ -24,10 +29,14 @@ class RepVGGConfig:
     se: bool = False
     gate: bool = False
     block: str = "repvgg"
+    branch_mode: str = "offline"
 
     def __post_init__(self) -> None:
         if self.block not in BLOCK_TYPES:
             raise ValueError(f"unknown block {self.block!r}; known blocks: {sorted(BLOCK_TYPES)}")
+        check_choice(ConfigError, "branch_mode", self.branch_mode, MODES)
+        if self.block == "qa" and self.branch_mode == "online":
+            raise ConfigError("QARepVGG blocks have no online form; use branch_mode=offline")
 
     def build(self, num_classes: int = 1000, deploy: bool = False, in_channels: int = 3) -> RepVGG:
         return RepVGG(self, num_classes=num_classes, deploy=deploy, in_channels=in_channels)
@@ -58,10 +67,14 @@ class RepVGG(nn.Module):
         super().__init__()
         self.config = config
         stem_width = min(64, int(64 * config.widths[0]))
-        block = BLOCK_TYPES[config.block]
-        self.stem = block(
-            in_channels, stem_width, stride=2, se=config.se, deploy=deploy, gate=config.gate
+        block = functools.partial(
+            BLOCK_TYPES[config.block],
+            se=config.se,
+            deploy=deploy,
+            gate=config.gate,
+            mode=config.branch_mode,
         )
+        self.stem = block(in_channels, stem_width, stride=2)
         stages, width = [], stem_width
         for depth, base, mult in zip(config.depths, BASE_WIDTHS, config.widths, strict=True):
             out_width = int(base * mult)
@@ -69,17 +82,7 @@ class RepVGG(nn.Module):
             for i in range(depth):
                 # Grouped conv on every odd block of a stage (the paper's layers 2, 4, ..., 26).
                 groups = config.groups if i % 2 == 1 else 1
-                blocks.append(
-                    block(
-                        width,
-                        out_width,
-                        stride=2 if i == 0 else 1,
-                        groups=groups,
-                        se=config.se,
-                        deploy=deploy,
-                        gate=config.gate,
-                    )
-                )
+                blocks.append(block(width, out_width, stride=2 if i == 0 else 1, groups=groups))
                 width = out_width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

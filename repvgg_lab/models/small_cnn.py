@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from repvgg_lab.errors import ConfigError, check_choice
 from repvgg_lab.models.branched import BRANCH_CHOICES, with_branches
+from repvgg_lab.models.online import INIT_SCALES, MODES
 
 # (out channels, kernel, stride, padding, dilation) per conv + BN + ReLU layer.
 LAYERS = (
@@ -41,18 +42,24 @@ class SmallCNN(nn.Module):
 
 @dataclass(frozen=True)
 class SmallCNNConfig:
-    """`small_cnn` with train-time branches ("none", "repvgg", "acb", "dbb")."""
+    """`small_cnn` with train-time branches ("none", "repvgg", "acb", "dbb"), trained "offline"
+    (a BN per branch) or "online" (OREPA: scaled branches summed into one kernel)."""
 
     branches: str = "none"
+    branch_mode: str = "offline"
+    # Online scales at the start: "keep" (the net's own function) or "orepa" (OREPA's).
+    branch_init: str = "keep"
     # Deploys as this architecture: deploy checks its graph against this net's own.
     keeps_architecture: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_choice(ConfigError, "branches", self.branches, BRANCH_CHOICES)
+        check_choice(ConfigError, "branch_mode", self.branch_mode, MODES)
+        check_choice(ConfigError, "branch_init", self.branch_init, INIT_SCALES)
 
     def build(self, num_classes: int = 1000, deploy: bool = False, in_channels: int = 3):
         net = SmallCNN(num_classes=num_classes, in_channels=in_channels)
-        return with_branches(net, self.branches, deploy)
+        return with_branches(net, self.branches, deploy, self.branch_mode, self.branch_init)
 
 
 SMALL_CNN_VARIANTS = {"small_cnn": SmallCNNConfig()}

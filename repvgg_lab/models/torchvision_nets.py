@@ -22,6 +22,7 @@ from torch import nn
 from repvgg_lab.errors import ConfigError, UnknownModelError, check_choice, check_integer
 from repvgg_lab.models.branched import BRANCH_CHOICES, with_branches
 from repvgg_lab.models.layers import stem_conv
+from repvgg_lab.models.online import INIT_SCALES, MODES
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,14 @@ def _unknown(name: str) -> UnknownModelError:
 @dataclass(frozen=True)
 class TorchvisionConfig:
     """torchvision classifier `arch` with train-time `branches` ("none", "repvgg", "acb",
-    "dbb") on each conv + BN pair; `build` makes the net (see the module docstring)."""
+    "dbb") on each conv + BN pair, trained "offline" or "online" (`branch_mode`, see
+    `add_branches`); `build` makes the net (see the module docstring)."""
 
     arch: str
     branches: str = "none"
+    branch_mode: str = "offline"
+    # Online scales at the start: "keep" (the net's own function) or "orepa" (OREPA's).
+    branch_init: str = "keep"
     # The deploy form is this architecture, not a plain conv stack: deploy checks the exported
     # graph against the architecture's own graph (repvgg_lab.deploy.export.check_same_graph).
     keeps_architecture: ClassVar[bool] = True
@@ -66,6 +71,8 @@ class TorchvisionConfig:
         if self.arch not in torchvision_archs():
             raise _unknown(self.name)
         check_choice(ConfigError, "branches", self.branches, BRANCH_CHOICES)
+        check_choice(ConfigError, "branch_mode", self.branch_mode, MODES)
+        check_choice(ConfigError, "branch_init", self.branch_init, INIT_SCALES)
 
     @property
     def name(self) -> str:
@@ -83,7 +90,7 @@ class TorchvisionConfig:
         if in_channels != 3:
             _replace_stem(net, in_channels, self.name)
         try:
-            return with_branches(net, self.branches, deploy)
+            return with_branches(net, self.branches, deploy, self.branch_mode, self.branch_init)
         except ValueError as err:  # no conv + BN pair at all (e.g. a vision transformer)
             raise ConfigError(f"{self.name}: {err}; use branches=none") from None
 

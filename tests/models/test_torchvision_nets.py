@@ -58,10 +58,11 @@ def test_every_conv_bn_pair_of_mobilenet_v2_gets_dbb_branches() -> None:
     pairs = sum(isinstance(m, nn.BatchNorm2d) for m in fresh.modules())
     branched = [m for m in net.modules() if isinstance(m, BranchedConv)]
     assert len(branched) == pairs == 52
-    # Depthwise 3x3s get all four DBB branches; 1x1s the ones a 1x1 kernel allows.
-    assert {b.branches for b in branched if b.geometry.kernel == (3, 3)} == {
-        ("kxk", "1x1", "1x1_avg", "1x1_kxk")
-    }
+    # The dense 3x3 stem gets all four DBB branches, the depthwise 3x3s the published
+    # depthwise block (no 1x1 branch, pooling without a 1x1 conv); 1x1s what a 1x1 allows.
+    by_kind = {b.geometry.depthwise: b.branches for b in branched if b.geometry.kernel == (3, 3)}
+    assert {b.branches for b in branched if b.geometry.kernel == (3, 3)} == set(by_kind.values())
+    assert by_kind == {False: ("kxk", "1x1", "1x1_avg", "1x1_kxk"), True: ("kxk", "avg", "1x1_kxk")}
     plain = reparameterize(_trained_like(net))
     assert {k: v.shape for k, v in plain.state_dict().items()} == {
         k: v.shape for k, v in fresh.state_dict().items()

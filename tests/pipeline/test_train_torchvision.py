@@ -1,6 +1,6 @@
-"""torchvision's resnet18 through the whole pipeline: trained with DBB branches on digits,
-converted back into torchvision's own architecture at the end of training, deployed and
-exported to an ONNX graph with torchvision resnet18's convs."""
+"""torchvision's resnet18 through the whole pipeline: trained with DBB branches (offline or
+online) on digits, converted back into torchvision's own architecture at the end of training,
+deployed and exported to an ONNX graph with torchvision resnet18's convs."""
 
 from __future__ import annotations
 
@@ -54,10 +54,13 @@ def _check_run(run: Path, metrics: dict) -> None:
     load_pretrained(_fresh_resnet18(), run / "plain.safetensors")
 
 
+@pytest.mark.parametrize("mode", ["offline", "online"])
 def test_dbb_resnet18_trains_converts_and_deploys_as_torchvision_resnet18(
-    compose_train, tmp_path: Path
+    compose_train, tmp_path: Path, mode: str
 ) -> None:
-    metrics = train(compose_train(*TV, *SMALL, "logger=none"))
+    metrics = train(
+        compose_train(*TV, f"model.model_kwargs.branch_mode={mode}", *SMALL, "logger=none")
+    )
     _check_run(tmp_path, metrics)
     out = tmp_path / "deploy"
     report = deploy(
