@@ -5,9 +5,10 @@ the digits data through the real pipeline, then deployed as the same plain net.
     PYTHONPATH=. python scripts/any_cnn.py --quick      # one seed, 2 epochs (a few minutes)
     PYTHONPATH=. python scripts/any_cnn.py --render     # re-render docs/any_cnn.md's table
 
-Each run is `python train.py model=small_cnn model.model_kwargs.branches=B seed=S` in a fresh
-process (repvgg_lab/studies/any_cnn.py). Writes results.json (with the command, date and machine)
-to --out; --results also writes the committed results file the docs are rendered from.
+Each run is `python train.py model=small_cnn model.model_kwargs.branches=B
+model.model_kwargs.branch_mode=M seed=S` (M: offline, online) in a fresh process
+(repvgg_lab/studies/any_cnn.py). Writes results.json (with the command, date and machine) to
+--out; --results also writes the committed results file the docs are rendered from.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=d.seeds)
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--branches", nargs="+", default=d.branches)
+    parser.add_argument("--modes", nargs="+", default=d.modes, choices=["offline", "online"])
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads per run")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "any_cnn")
     args = parser.parse_args(argv)
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             args.seeds, args.epochs = args.seeds[:1], 2
         settings = any_cnn.Settings(
-            args.seeds, args.epochs, args.branches, args.threads, str(args.out)
+            args.seeds, args.epochs, args.branches, args.threads, str(args.out), args.modes
         )
         results = any_cnn.run(settings)
         for target in filter(None, (args.out / "results.json", args.results)):

@@ -38,6 +38,16 @@ class Settings:
     branches: list[str] = field(default_factory=lambda: list(BRANCH_CHOICES))
     threads: int = 1
     out: str = "outputs/any_cnn"
+    modes: list[str] = field(default_factory=lambda: ["offline", "online"])
+
+
+def variants(s: Settings) -> list[tuple[str, str, str]]:
+    """(row name, branch set, mode) of every trained variant: plain first, then each set in
+    each mode ("dbb" offline, "dbb_online")."""
+    out = [("none", "none", "offline")] if "none" in s.branches else []
+    for b in (b for b in s.branches if b != "none"):
+        out += [(b if m == "offline" else f"{b}_{m}", b, m) for m in s.modes]
+    return out
 
 
 def deployed_shapes(run_dir: Path) -> dict[str, list[int]]:
@@ -46,15 +56,17 @@ def deployed_shapes(run_dir: Path) -> dict[str, list[int]]:
         return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
 
 
-def one_run(s: Settings, branches: str, seed: int) -> dict[str, Any]:
+def one_run(s: Settings, variant: tuple[str, str, str], seed: int) -> dict[str, Any]:
     """One training run's metrics, wall time and deployed shapes."""
-    out = Path(s.out) / f"{branches}_seed{seed}"
+    name, branches, mode = variant
+    out = Path(s.out) / f"{name}_seed{seed}"
     overrides = [
         f"seed={seed}",
         "logger=none",
         "callbacks.progress_bar=null",
         "model=small_cnn",
         f"model.model_kwargs.branches={branches}",
+        f"model.model_kwargs.branch_mode={mode}",
         f"trainer.max_epochs={s.epochs}",
     ]
     start = time.perf_counter()
@@ -102,17 +114,18 @@ def _loads_strictly(fresh: torch.nn.Module, converted: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def conversion(branch_sets: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+def conversion(s: Settings) -> list[dict[str, Any]]:
     """Per net and branch set, the worst over seeds of: the branched net's own fp32 error and the
     converted net's, both against the branched net in float64 (trained-like BN statistics in
     every branch), and whether the converted state dict loads strictly into a fresh copy."""
     rows = []
     for net_name, (make, size) in CONVERSION_NETS.items():
-        for branches in (b for b in branch_sets if b != "none"):
+        for name, branches, mode in (v for v in variants(s) if v[0] != "none"):
             own, plain, strict = 0.0, 0.0, True
-            for seed in seeds:
+            for seed in s.seeds:
                 torch.manual_seed(seed)
-                branched = randomize_bn(add_branches(make(), branches), seed=seed).eval()
+                branched = add_branches(make(), branches, mode=mode, init_scales="orepa")
+                branched = randomize_bn(branched, seed=seed).eval()
                 x = images(4, size, seed=seed)
                 truth = branched.double()(x.double())
                 own = max(own, rel_max(truth, branched.float()(x)))
@@ -123,7 +136,7 @@ def conversion(branch_sets: list[str], seeds: list[int]) -> list[dict[str, Any]]
             rows.append(
                 {
                     "net": net_name,
-                    "branches": branches,
+                    "branches": name,
                     "own": own,
                     "plain": plain,
                     "strict": strict,
@@ -137,12 +150,12 @@ def run(s: Settings) -> dict[str, Any]:
     if "none" not in s.branches:
         raise ValueError("the study compares against plain training: include 'none'")
     Path(s.out).mkdir(parents=True, exist_ok=True)
-    runs = {b: {str(seed): one_run(s, b, seed) for seed in s.seeds} for b in s.branches}
+    runs = {v[0]: {str(seed): one_run(s, v, seed) for seed in s.seeds} for v in variants(s)}
     summary = summarize(s, runs)
     for by_seed in runs.values():  # the summary keeps the comparison; the file stays small
         for r in by_seed.values():
             r.pop("shapes")
-    checks = conversion(s.branches, s.seeds)
+    checks = conversion(s)
     return {"settings": vars(s), "runs": runs, "summary": summary, "conversion": checks}
 
 
@@ -168,7 +181,7 @@ def render(record: dict[str, Any]) -> str:
         ("× plain", "x"),
     ]
     rows = []
-    for branches in r["settings"]["branches"]:
+    for branches in r["summary"]:
         e = r["summary"][branches]
         rows.append(
             [
