@@ -234,10 +234,11 @@ CLI_BAD = {
 def test_bad_input_one_line_no_traceback(case, tmp_path, a0, cli, out_dir, unchanged) -> None:
     make, message = CLI_BAD[case]
     args = make(tmp_path, a0)
-    proc = cli(*args, f"out_dir={out_dir}", f"hydra.run.dir={tmp_path / 'hydra'}")
-    assert proc.returncode != 0
+    proc = cli(*args, f"out_dir={out_dir}", f"hydra.run.dir={tmp_path / 'hydra' / 'run'}")
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "ran").exists()  # nothing from the file was executed
     unchanged()
+    assert not (tmp_path / "hydra").exists()  # the run folder Hydra made for it is gone too
