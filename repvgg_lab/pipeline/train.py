@@ -40,6 +40,19 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
+def _check_accelerator(trainer_cfg: dict[str, Any]) -> None:
+    """A GPU accelerator on a machine without one: one line now, not Lightning's report."""
+    accelerator = trainer_cfg.get("accelerator")
+    found = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    found["gpu"] = found["cuda"] or found["mps"]
+    if accelerator in found and not found[accelerator]:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a GPU and torch finds none on this "
+            "machine; leave trainer at its default (the GPU when there is one, else the CPU) "
+            "or use trainer=cpu"
+        )
+
+
 def _check_sync_batchnorm(trainer_cfg: dict[str, Any]) -> None:
     """SyncBatchNorm is CUDA-only in torch's DDP: say so before training, not deep inside it."""
     on_cpu = trainer_cfg.get("accelerator") == "cpu" or not torch.cuda.is_available()
@@ -72,6 +85,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     channels_last = bool(trainer_cfg.pop("channels_last", False))
+    _check_accelerator(trainer_cfg)
     _check_sync_batchnorm(trainer_cfg)
     module = instantiate(
         cfg.model,

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from repvgg_lab.fileio import missing_folders, remove_created
 from tests.helpers.cli import run_script
 
 REFUSED_IN_THE_JOB = {
     "bad ckpt_path": (["ckpt_path=nowhere.ckpt"], "ckpt_path=nowhere.ckpt: no such checkpoint"),
+    "trainer=gpu without a GPU": (["trainer=gpu"], "trainer.accelerator=gpu needs a GPU"),
 }
 
 
@@ -25,6 +27,8 @@ def _refused(*argv: str, message: str) -> None:
 
 @pytest.mark.parametrize(("argv", "message"), REFUSED_IN_THE_JOB.values(), ids=REFUSED_IN_THE_JOB)
 def test_a_refused_run_leaves_no_new_folder(tmp_path: Path, argv: list[str], message: str):
+    if "trainer=gpu" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: trainer=gpu is not refused")
     _refused(*argv, f"hydra.run.dir={tmp_path / 'outputs' / 'train' / 'run'}", message=message)
     assert list(tmp_path.iterdir()) == []
 
