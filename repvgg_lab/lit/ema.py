@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from repvgg_lab.errors import ConfigError
-from repvgg_lab.lit.evaluate import evaluate
+from repvgg_lab.lit.evaluate import evaluate_like_trainer
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +60,21 @@ class EMA(pl.Callback):
                 avg.copy_(new)
         self.updates += 1
 
-    def evaluate(self, loader: Any, device: torch.device) -> dict[str, float]:
-        """Accuracy and loss of the averaged net over `loader`."""
-        return evaluate(self.net, loader, device)
+    def _log_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str):
+        """ema/<stage>/acc and loss, on the batches the Trainer evaluates the trained net on."""
+        result = evaluate_like_trainer(self.net, trainer, stage, pl_module.device)
+        if result is not None:
+            # Logged through the module so checkpoint callbacks can monitor ema/val/acc.
+            pl_module.log(f"ema/{stage}/acc", result["acc"], sync_dist=True)
+            pl_module.log(f"ema/{stage}/loss", result["loss"], sync_dist=True)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
-        if self.net is None or trainer.sanity_checking:
-            return
-        result = self.evaluate(trainer.datamodule.val_dataloader(), pl_module.device)
-        # Logged through the module so checkpoint callbacks can monitor ema/val/acc.
-        pl_module.log("ema/val/acc", result["acc"], sync_dist=True)
-        pl_module.log("ema/val/loss", result["loss"], sync_dist=True)
+        if self.net is not None and not trainer.sanity_checking:
+            self._log_evaluation(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.net is None:
-            return
-        result = self.evaluate(trainer.datamodule.test_dataloader(), pl_module.device)
-        pl_module.log("ema/test/acc", result["acc"], sync_dist=True)
-        pl_module.log("ema/test/loss", result["loss"], sync_dist=True)
+        if self.net is not None:
+            self._log_evaluation(trainer, pl_module, "test")
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt: dict):
         if self.net is not None:
