@@ -103,6 +103,7 @@ def assemble(
             "python": platform.python_version(),
         },
         "latency": measured.latency,
+        "load": measured.load,
     }
     if pruned.summary is not None:
         report["prune"] = pruned.summary
