@@ -7,7 +7,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +63,28 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write `data` as indented JSON, atomically."""
     text = json.dumps(json_values(data), indent=2, sort_keys=True) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def missing_folders(path: str | Path) -> list[Path]:
+    """`path` and each of its parents that do not exist yet, outermost first: the folders that
+    `mkdir(parents=True)` would create (absolute, so a later change of folder does not matter)."""
+    path = Path(os.path.abspath(path))
+    return [p for p in (*reversed(path.parents), path) if not p.exists()]
+
+
+def remove_created(created: Sequence[Path], leftovers: Collection[str] = ()) -> list[Path]:
+    """Undo `mkdir`s: remove the folders of `created` (outermost first, as `missing_folders`
+    gives them) innermost first, each only while it holds nothing but files named in
+    `leftovers`; the first folder holding anything else stops it. Returns what was removed."""
+    removed = []
+    for folder in reversed(created):
+        if not folder.is_dir():
+            continue
+        entries = list(folder.iterdir())
+        if any(e.name not in leftovers or not e.is_file() for e in entries):
+            break
+        for entry in entries:
+            entry.unlink()
+        folder.rmdir()
+        removed.append(folder)
+    return removed

@@ -1,9 +1,11 @@
 """General torch helpers every layer may use: eval-mode and TF32 scoping, CPU threads,
-interleaved latency, and parameter / multiply-accumulate counts."""
+interleaved latency and the machine's load before it, and parameter / multiply-accumulate
+counts."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import statistics
 import time
@@ -89,6 +91,17 @@ def measure_latency(
         }
         for name, t in times.items()
     }
+
+
+def machine_load() -> dict[str, Any]:
+    """The 1-minute load average (`os.getloadavg`, None where the OS has none) and the cores,
+    read before timing; `busy` when the load exceeds the cores. Above that, more threads wanted
+    a CPU than there were CPUs over the last minute, so timed rounds waited for one. The
+    timing process's own threads count in the load too (at most its `threads`, no more than
+    the cores), which is why the bar is the core count and not a share of it."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"load_avg_1min": load, "cores": cores, "busy": load is not None and load > cores}
 
 
 def paired_ratio(results: dict[str, dict[str, Any]], slow: str, fast: str) -> float:

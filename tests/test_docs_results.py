@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from repvgg_lab.results import generated_blocks, read_results, replace_generated
 from repvgg_lab.studies.docs import RESULTS_DIR, doc_blocks, doc_files, render_block, render_docs
+from repvgg_lab.studies.prose import Quote, all_quotes, check_quote, prose_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 # The studies whose results the issue tracker requires on file (one results file each).
@@ -97,3 +100,42 @@ def test_block_markers_are_parsed_and_replaced_exactly() -> None:
         replace_generated(text, "other", "x")
     with pytest.raises(ValueError, match="no end marker"):
         generated_blocks("<!-- BEGIN GENERATED: k -->\nx\n")
+
+
+@pytest.mark.parametrize("quote", all_quotes(), ids=lambda q: f"{Path(q.doc).stem}: {q.text[:50]}")
+def test_each_prose_quote_is_in_its_doc_and_true_of_its_results_file(quote: Quote) -> None:
+    problem = check_quote(ROOT, quote)
+    assert problem is None, problem
+
+
+def _tampered(tmp_path: Path, name: str, change) -> None:
+    """A copy of the docs and results under tmp_path, with results file `name` changed."""
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    path = tmp_path / RESULTS_DIR / name
+    record = json.loads(path.read_text())
+    change(record["results"])
+    path.write_text(json.dumps(record))
+
+
+def _worse_plain_run(r: dict) -> None:
+    r["runs"]["none"]["0"]["metrics"]["deploy/test/acc"] = 0.9  # 27 of 270 wrong: not 269 images
+
+
+def _onnx_target_met(r: dict) -> None:
+    next(t for t in r["targets"] if "onnxruntime_over_eager" in t["key"])["holds"] = True
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "stale"),
+    [
+        ("any_cnn.json", _worse_plain_run, "the 2690 test images"),
+        ("prune_study.json", lambda r: r.update(elapsed_s=3600), "about 60 minutes"),
+        ("benchmarks.json", _onnx_target_met, "at batch 1: MISSED"),
+    ],
+)
+def test_a_results_file_that_changed_makes_its_prose_stale(tmp_path, name, change, stale) -> None:
+    assert prose_problems(ROOT) == []
+    _tampered(tmp_path, name, change)
+    problems = prose_problems(tmp_path)  # every one of them names the changed file
+    assert any(stale in p for p in problems) and all(name in p for p in problems), problems

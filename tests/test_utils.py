@@ -1,12 +1,14 @@
-"""Interleaved latency measurement: every round times every function once."""
+"""Interleaved latency measurement: every round times every function once; the machine's load
+read before it."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
-from repvgg_lab.utils import measure_latency, paired_ratio
+from repvgg_lab.utils import machine_load, measure_latency, paired_ratio
 
 
 def test_rounds_interleave_and_warmup_is_not_timed() -> None:
@@ -29,3 +31,12 @@ def test_rounds_interleave_and_warmup_is_not_timed() -> None:
 def test_bad_round_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="rounds"):
         measure_latency({"f": lambda: None}, rounds=0)
+
+
+def test_the_machine_is_busy_when_its_load_exceeds_its_cores(monkeypatch) -> None:
+    cores = os.cpu_count() or 1
+    for load, busy in ((cores + 0.5, True), (cores - 0.5, False)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert machine_load() == {"load_avg_1min": load, "cores": cores, "busy": busy}
+    monkeypatch.delattr(os, "getloadavg")  # no load average on this OS: unknown, never busy
+    assert machine_load() == {"load_avg_1min": None, "cores": cores, "busy": False}

@@ -52,6 +52,20 @@ def format_number(value: Any, sci_digits: int = 3) -> str:
     return f"{value:.{sci_digits}e}"
 
 
+def load_caption(load: dict[str, Any] | None) -> str:
+    """How to read the latency table: the ratio column, the machine's load before timing, and
+    a warning when it was busy (`repvgg_lab.utils.machine_load`)."""
+    note = "train/deploy = ratio of the medians; "
+    if not load or load.get("load_avg_1min") is None:
+        return note + "load average unknown"
+    note += (
+        f"1-minute load average before timing {load['load_avg_1min']:.2f} on {load['cores']} cores"
+    )
+    if load["busy"]:
+        return f"MACHINE BUSY, the times are not reliable (rerun on a quiet machine): {note}"
+    return note
+
+
 def _pruning_table(m: dict[str, Any], input_size: int) -> Table:
     """Before/after pruning: cost, batch-1 latency, and the deviation it caused."""
     exact = bool(m.get("prune/exact"))
@@ -120,14 +134,24 @@ def render(report: dict[str, Any]) -> Group:
     if pruned:
         parts.append(_pruning_table(m, settings["input_size"]))
     if settings["batch_sizes"]:
-        latency = Table(title="CPU latency, median ms", header_style="bold")
-        latency.add_column("batch", justify="right")
-        # The unpruned column only when the deploy pruned (the others are always there or —).
-        columns = [c for c in LATENCY_COLUMNS if c != "unpruned" or pruned]
-        for name in (*columns, "train/deploy"):
-            latency.add_column(name, justify="right")
-        for b in settings["batch_sizes"]:
-            cells = [format_number(m.get(f"latency/bs{b}/{name}_ms")) for name in columns]
-            latency.add_row(str(b), *cells, format_number(m.get(f"latency/bs{b}/speedup")))
-        parts.append(latency)
+        parts.append(_latency_table(report, pruned))
     return Group(*parts)
+
+
+def _latency_table(report: dict[str, Any], pruned: bool) -> Table:
+    """Median latency of every net per batch size, with the machine's load before timing."""
+    m = report["metrics"]
+    table = Table(
+        title="CPU latency, median ms",
+        caption=load_caption(report.get("load")),
+        header_style="bold",
+    )
+    table.add_column("batch", justify="right")
+    # The unpruned column only when the deploy pruned (the others are always there or —).
+    columns = [c for c in LATENCY_COLUMNS if c != "unpruned" or pruned]
+    for name in (*columns, "train/deploy"):
+        table.add_column(name, justify="right")
+    for b in report["settings"]["batch_sizes"]:
+        cells = [format_number(m.get(f"latency/bs{b}/{name}_ms")) for name in columns]
+        table.add_row(str(b), *cells, format_number(m.get(f"latency/bs{b}/speedup")))
+    return table

@@ -26,7 +26,7 @@ from repvgg_lab.deploy.int8 import Quantized, quantize
 from repvgg_lab.deploy.options import DeployOptions
 from repvgg_lab.deploy.report import FILES
 from repvgg_lab.errors import DeployError
-from repvgg_lab.fileio import write_json
+from repvgg_lab.fileio import missing_folders, remove_created, write_json
 from repvgg_lab.utils import torch_threads
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def assemble(
             "python": platform.python_version(),
         },
         "latency": measured.latency,
+        "load": measured.load,
     }
     if pruned.summary is not None:
         report["prune"] = pruned.summary
@@ -112,16 +113,23 @@ def assemble(
 @contextmanager
 def _staging(out_dir: Path) -> Iterator[Path]:
     """A fresh hidden folder inside `out_dir` (created if needed), removed afterwards whatever
-    happens: the exports are written and checked there before anything is published."""
+    happens: the exports are written and checked there before anything is published. A deploy
+    that fails also removes the `out_dir` folders it created (a refusal leaves no new folder)."""
+    created = missing_folders(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=out_dir))
     except OSError as err:
+        remove_created(created)
         raise DeployError(f"cannot write to out_dir={out_dir}: {err.strerror}") from None
+    published = False
     try:
         yield staging
+        published = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not published:
+            remove_created(created)
 
 
 def publish(report: dict[str, Any], staging: Path, out_dir: Path) -> None:

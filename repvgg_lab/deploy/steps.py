@@ -37,7 +37,7 @@ from repvgg_lab.models import DriftReport, measure_drift
 from repvgg_lab.prune import prune_and_measure
 from repvgg_lab.reparam import rel_max, top1_agree
 from repvgg_lab.reparam import tolerance as default_tolerance
-from repvgg_lab.utils import count_macs, count_params, measure_latency, paired_ratio
+from repvgg_lab.utils import count_macs, count_params, machine_load, measure_latency
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,7 @@ class Measured:
     costs: dict[str, int | None]  # params/* and macs/* of the source and the export
     metrics: dict[str, float]  # verify/* on real images, latency/*
     latency: dict[str, Any]  # every round's times per batch size (report.json: the noise)
+    load: dict[str, Any] | None  # the machine's load before timing (None: nothing timed)
 
 
 def _costs(src: Source, input_size: int) -> dict[str, int | None]:
@@ -294,7 +295,10 @@ def _latency(
         metrics.update(latency_metrics(batch, results))
         details[f"bs{batch}"] = results
         if "train" in results:
-            metrics[f"latency/bs{batch}/speedup"] = paired_ratio(results, "train", "deploy")
+            # The ratio of the medians the table prints beside it (a median of per-round ratios
+            # can sit far from it when load spikes hit the nets in different rounds).
+            ratio = results["train"]["median_ms"] / results["deploy"]["median_ms"]
+            metrics[f"latency/bs{batch}/speedup"] = ratio
         medians = {k: round(v["median_ms"], 2) for k, v in results.items()}
         log.info("latency at batch %d: %s", batch, medians)
     return metrics, details
@@ -307,9 +311,12 @@ def measure(
     metrics: dict[str, float] = {}
     if verified.images is not None:
         metrics.update(_real_images(pruned, staged.runner, verified.images))
+    load = machine_load() if options.batch_sizes else None
+    if load is not None and load["busy"]:
+        log.warning("machine busy before timing: %s; latency is not reliable", load)
     timing, latency = _latency(pruned, staged.runner, loaded.input_size, options)
     metrics.update(timing)
-    return Measured(_costs(pruned.src, loaded.input_size), metrics, latency)
+    return Measured(_costs(pruned.src, loaded.input_size), metrics, latency, load)
 
 
 def metrics_of(verified: Verified, pruned: Pruned, staged: Staged, measured: Measured) -> dict:

@@ -13,7 +13,7 @@ from torch import nn
 
 from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.ema import EMA
-from repvgg_lab.lit.evaluate import evaluate
+from repvgg_lab.lit.evaluate import evaluate_like_trainer
 from repvgg_lab.models import measure_drift, reparameterize
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
 from repvgg_lab.utils import count_macs, count_params, tf32
@@ -136,11 +136,13 @@ class Reparameterize(pl.Callback):
             }
         )
         if self.evaluate_plain:
-            dm = trainer.datamodule
-            for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
-                result = evaluate(plain, loader, pl_module.device)
-                metrics[f"deploy/{stage}/acc"] = result["acc"]
-                metrics[f"deploy/{stage}/loss"] = result["loss"]
+            # On the images the Trainer measures the multi-branch net on (val/acc beside
+            # deploy/val/acc), also when debug=limit cuts the splits to a few batches.
+            for stage in ("val", "test"):
+                result = evaluate_like_trainer(plain, trainer, stage, pl_module.device)
+                if result is not None:
+                    metrics[f"deploy/{stage}/acc"] = result["acc"]
+                    metrics[f"deploy/{stage}/loss"] = result["loss"]
         self.plain_net = plain
         self.metrics.update(metrics)
         _log_metrics(trainer, metrics)

@@ -7,9 +7,7 @@ and the `Reparameterize` callback converts the average when there is one."""
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,7 +15,7 @@ import torch
 from torch import nn
 
 from repvgg_lab.errors import ConfigError
-from repvgg_lab.lit.evaluate import evaluate
+from repvgg_lab.lit.evaluate import evaluate_like_trainer
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +71,21 @@ class EMA(pl.Callback):
                 avg.copy_(new)
         self.updates += 1
 
-    def evaluate(
-        self, loader: Any, device: torch.device, limit: float | None = None
-    ) -> dict[str, float]:
-        """Accuracy and loss of the averaged net over the first `limit` batches of `loader`
-        (all of them when None or infinite)."""
-        stop = None if limit is None or math.isinf(limit) else int(limit)
-        return evaluate(self.net, itertools.islice(loader, stop), device)
+    def _log_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str):
+        """ema/<stage>/acc and loss, on the batches the Trainer evaluates the trained net on."""
+        result = evaluate_like_trainer(self.net, trainer, stage, pl_module.device)
+        if result is not None:
+            # Logged through the module so checkpoint callbacks can monitor ema/val/acc.
+            pl_module.log(f"ema/{stage}/acc", result["acc"], sync_dist=True)
+            pl_module.log(f"ema/{stage}/loss", result["loss"], sync_dist=True)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
-        if self.net is None or trainer.sanity_checking:
-            return
-        # The batches val/acc saw (trainer.limit_val_batches), so the two are comparable.
-        limit = trainer.num_val_batches[0] if trainer.num_val_batches else None
-        result = self.evaluate(trainer.datamodule.val_dataloader(), pl_module.device, limit)
-        # Logged through the module so checkpoint callbacks can monitor ema/val/acc.
-        pl_module.log("ema/val/acc", result["acc"], sync_dist=True)
-        pl_module.log("ema/val/loss", result["loss"], sync_dist=True)
+        if self.net is not None and not trainer.sanity_checking:
+            self._log_evaluation(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.net is None:
-            return
-        limit = trainer.num_test_batches[0] if trainer.num_test_batches else None
-        result = self.evaluate(trainer.datamodule.test_dataloader(), pl_module.device, limit)
-        pl_module.log("ema/test/acc", result["acc"], sync_dist=True)
-        pl_module.log("ema/test/loss", result["loss"], sync_dist=True)
+        if self.net is not None:
+            self._log_evaluation(trainer, pl_module, "test")
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt: dict):
         if self.net is not None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from repvgg_lab.errors import ConfigError, is_integer
 from repvgg_lab.models.registry import resolve as resolve_model
 from repvgg_lab.pipeline.common import user_errors
+from repvgg_lab.pipeline.run_folder import removed_if_refused
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Flags that ask Hydra for something other than a run (help, printing the config, other
@@ -143,4 +144,5 @@ def run(config: str, task: Callable[[DictConfig], Any], checks: Mapping[str, Che
         with user_errors():
             compose_checked(config, argv, checks)
     folder = CONFIGS if config == "train" else CONFIGS / config
-    hydra.main(version_base="1.3", config_path=str(folder), config_name=config)(task)()
+    with removed_if_refused():  # a refused job leaves no run folder (configs' hydra.callbacks)
+        hydra.main(version_base="1.3", config_path=str(folder), config_name=config)(task)()

@@ -18,7 +18,7 @@ from repvgg_lab.errors import ConfigError
 from repvgg_lab.fileio import write_json
 from repvgg_lab.lit.callbacks import Reparameterize, describe
 from repvgg_lab.lit.ema import EMA
-from repvgg_lab.lit.evaluate import evaluate
+from repvgg_lab.lit.evaluate import evaluate_like_trainer
 from repvgg_lab.lit.module import ClassifierModule
 from repvgg_lab.models.checkpoints import plain_metadata, save_weights
 from repvgg_lab.pipeline.common import user_errors
@@ -54,6 +54,19 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
+def _check_accelerator(trainer_cfg: dict[str, Any]) -> None:
+    """A GPU accelerator on a machine without one: one line now, not Lightning's report."""
+    accelerator = trainer_cfg.get("accelerator")
+    found = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    found["gpu"] = found["cuda"] or found["mps"]
+    if accelerator in found and not found[accelerator]:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a GPU and torch finds none on this "
+            "machine; leave trainer at its default (the GPU when there is one, else the CPU) "
+            "or use trainer=cpu"
+        )
+
+
 def _check_sync_batchnorm(trainer_cfg: dict[str, Any]) -> None:
     """SyncBatchNorm is CUDA-only in torch's DDP: say so before training, not deep inside it."""
     on_cpu = trainer_cfg.get("accelerator") == "cpu" or not torch.cuda.is_available()
@@ -86,6 +99,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     channels_last = bool(trainer_cfg.pop("channels_last", False))
+    _check_accelerator(trainer_cfg)
     _check_sync_batchnorm(trainer_cfg)
     module = instantiate(
         cfg.model,
@@ -188,15 +202,17 @@ def _prune(
         calibration = images.split(dm.batch_size)
     result = prune_and_measure(plain, options, dm.img_size, calibration)
     metrics = {k: float(v) for k, v in result.metrics.items()}
-    for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
-        metrics[f"prune/{stage}/acc"] = evaluate(result.net, loader, module.device)["acc"]
+    for stage in ("val", "test"):  # the images the Trainer measures the other nets on
+        evaluated = evaluate_like_trainer(result.net, parts["trainer"], stage, module.device)
+        if evaluated is not None:
+            metrics[f"prune/{stage}/acc"] = evaluated["acc"]
     _log(parts["loggers"], metrics)
     if parts["trainer"].is_global_zero:
         # plain_metadata stores the pruned layout (plain_spec): deploy.py and
         # repvgg_lab.deploy.load_source rebuild the net from this file alone.
         meta = plain_metadata(result.net, **describe(module))
         save_weights(result.net, output_dir / "pruned.safetensors", meta)
-    log.info("pruned: test acc %.4f before fine-tuning", metrics["prune/test/acc"])
+    log.info("pruned: test acc %s before fine-tuning", metrics.get("prune/test/acc", "-"))
     return result.net, metrics
 
 

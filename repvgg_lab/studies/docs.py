@@ -1,8 +1,10 @@
 """Every generated block of the docs, its results file and its renderer, in one registry.
 
-README.md and docs/*.md quote measured numbers only inside generated blocks (see
+README.md and docs/*.md quote measured numbers inside generated blocks (see
 `repvgg_lab.results`); `render_docs` rewrites them from the committed files in docs/results/,
-and the test suite checks that the committed docs equal what this module renders."""
+and the test suite checks that the committed docs equal what this module renders. A measured
+number or finding in the prose around the blocks is a registered quote instead
+(`repvgg_lab.studies.prose`), checked against the same files."""
 
 from __future__ import annotations
 

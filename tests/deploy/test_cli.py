@@ -13,10 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from repvgg_lab.deploy import deploy
+from repvgg_lab.deploy.report import render
 from repvgg_lab.models import create_model, load_pretrained
 from repvgg_lab.reparam import rel_max
 from tests.helpers.contract import DRIFT_METRICS
@@ -112,6 +114,31 @@ def test_report_has_the_stable_metric_names(run) -> None:
     assert m["drift/vs_fp64/deploy_rel_max"] <= report["settings"]["tolerance"]
     assert report["settings"]["input_size"] == 32  # taken from the checkpoint
     assert json.loads((run_dir / "metrics.json").read_text()) == m
+
+
+def test_latency_table_is_consistent_and_says_how_loaded_the_machine_was(run) -> None:
+    proc, run_dir = run
+    report = json.loads((run_dir / "report.json").read_text())
+    load, m = report["load"], report["metrics"]
+    assert isinstance(load["load_avg_1min"], float) and load["cores"] >= 1
+    assert load["busy"] == (load["load_avg_1min"] > load["cores"])
+    shown = " ".join(proc.stdout.split())  # the table's caption wraps at the console's width
+    assert f"1-minute load average before timing {load['load_avg_1min']:.2f}" in shown
+    assert ("MACHINE BUSY" in shown) == load["busy"]
+    # train/deploy is the ratio of the two medians printed beside it.
+    for batch in (1, 8):
+        train, deploy_ms = m[f"latency/bs{batch}/train_ms"], m[f"latency/bs{batch}/deploy_ms"]
+        assert m[f"latency/bs{batch}/speedup"] == pytest.approx(train / deploy_ms, rel=1e-12)
+
+
+def test_a_busy_machine_is_named_in_the_latency_table(run) -> None:
+    _, run_dir = run
+    report = json.loads((run_dir / "report.json").read_text())
+    report["load"] = {"load_avg_1min": 5.5, "cores": 2, "busy": True}
+    console = Console(record=True)
+    console.print(render(report))
+    text = " ".join(console.export_text().split())
+    assert "MACHINE BUSY, the times are not reliable" in text and "5.50 on 2 cores" in text
 
 
 def test_onnx_is_plain_dynamic_and_as_exact_as_pytorch(run, truth) -> None:
@@ -234,10 +261,11 @@ CLI_BAD = {
 def test_bad_input_one_line_no_traceback(case, tmp_path, a0, cli, out_dir, unchanged) -> None:
     make, message = CLI_BAD[case]
     args = make(tmp_path, a0)
-    proc = cli(*args, f"out_dir={out_dir}", f"hydra.run.dir={tmp_path / 'hydra'}")
-    assert proc.returncode != 0
+    proc = cli(*args, f"out_dir={out_dir}", f"hydra.run.dir={tmp_path / 'hydra' / 'run'}")
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "ran").exists()  # nothing from the file was executed
     unchanged()
+    assert not (tmp_path / "hydra").exists()  # the run folder Hydra made for it is gone too

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from repvgg_lab.data import DigitsDataModule
-from repvgg_lab.deploy import DeployError, deploy
+from repvgg_lab.deploy import DeployError, deploy, steps
 from repvgg_lab.errors import InputError
 from repvgg_lab.reparam import rel_max
 from tests.deploy.conftest import SIZE
@@ -38,6 +38,19 @@ def test_tolerance_exceeded_writes_nothing(tmp_path, a0, save_lightning, out_dir
     with pytest.raises(DeployError, match="over tolerance 1e-12.*nothing was written"):
         deploy(path, out_dir=out_dir, tolerance=1e-12, **FAST)
     unchanged()
+
+
+def test_a_deploy_failing_after_staging_removes_the_out_dir_it_created(
+    tmp_path, a0, save_lightning, monkeypatch
+) -> None:
+    def refuse(*args, **kwargs):
+        raise DeployError("refused while the exports were staged")
+
+    monkeypatch.setattr(steps, "measure", refuse)
+    path = save_lightning(a0, tmp_path / "a0.ckpt")
+    with pytest.raises(DeployError, match="refused while"):
+        deploy(path, out_dir=tmp_path / "new" / "out", **FAST)
+    assert not (tmp_path / "new").exists()
 
 
 def _truncated(tmp: Path, a0) -> tuple[Path, dict]:

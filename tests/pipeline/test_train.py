@@ -46,6 +46,10 @@ def test_train_writes_metrics_wandb_summary_and_plain_weights(
     assert on_disk["drift/top1_agree"] == 1.0
     assert on_disk["drift/vs_fp64/deploy_rel_max"] < 1e-5
     assert on_disk["params/deploy"] < on_disk["params/train"]
+    # Both nets measured on the same images (SMALL limits val and test to 2 batches): the same
+    # predictions give the same accuracy.
+    assert on_disk["deploy/val/acc"] == pytest.approx(on_disk["val/acc"])
+    assert on_disk["deploy/test/acc"] == pytest.approx(on_disk["test/acc"])
     # The plain net saved by the run is the conversion of the saved multi-branch weights.
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt.model_name == "repvgg_a0" and ckpt.hyper_parameters["num_classes"] == 10
