@@ -181,7 +181,9 @@ def render(record: dict[str, Any]) -> str:
         ("× plain", "x"),
     ]
     rows = []
-    for branches in r["summary"]:
+    settings = r["settings"]
+    modes = settings.get("modes", ["offline"])  # results from before online branches
+    for branches, _, _ in variants(Settings(branches=settings["branches"], modes=modes)):
         e = r["summary"][branches]
         rows.append(
             [

@@ -34,7 +34,7 @@ def _runs(dbb_shapes=PLAIN) -> dict:
 
 
 def test_summary_compares_each_branch_set_with_plain_training() -> None:
-    s = any_cnn.Settings(seeds=[0, 1], branches=["none", "dbb"])
+    s = any_cnn.Settings(seeds=[0, 1], branches=["none", "dbb"], modes=["offline"])
     summary = any_cnn.summarize(s, _runs())
     dbb = summary["dbb"]
     assert dbb["deploy/test/acc"]["mean"] == pytest.approx(0.975)
@@ -46,7 +46,7 @@ def test_summary_compares_each_branch_set_with_plain_training() -> None:
 
 
 def test_a_deployed_net_that_differs_from_the_plain_one_is_flagged_in_the_table() -> None:
-    s = any_cnn.Settings(seeds=[0, 1], branches=["none", "dbb"])
+    s = any_cnn.Settings(seeds=[0, 1], branches=["none", "dbb"], modes=["offline"])
     other = {**PLAIN, "features.0.bias": [16]}
     summary = any_cnn.summarize(s, _runs(dbb_shapes=other))
     assert summary["dbb"]["same_deployed_net"] is False
@@ -61,3 +61,14 @@ def test_a_deployed_net_that_differs_from_the_plain_one_is_flagged_in_the_table(
     assert "**no**" in text and "2 seeds, 20 epochs each, 1 CPU thread(s) per run" in text
     with pytest.raises(ValueError, match="include 'none'"):
         any_cnn.run(any_cnn.Settings(branches=["dbb"]))
+
+
+def test_each_branch_set_is_trained_in_each_mode_after_plain() -> None:
+    s = any_cnn.Settings(branches=["none", "acb", "dbb"])
+    assert any_cnn.variants(s) == [
+        ("none", "none", "offline"),
+        ("acb", "acb", "offline"),
+        ("acb_online", "acb", "online"),
+        ("dbb", "dbb", "offline"),
+        ("dbb_online", "dbb", "online"),
+    ]
