@@ -55,9 +55,9 @@ class Settings:
     data_train_per_class: int = 60
     data_val_per_class: int = 30
     data_workers: tuple[int, ...] = (0, 1, 2)  # DataLoader num_workers values measured
-    data_batch: int = 32
+    data_batch: int = 16  # small enough for many batches per epoch: the workers share evenly
     data_img_size: int = 224
-    data_rounds: int = 5
+    data_rounds: int = 7
     data_warmup: int = 1  # untimed epochs first: the workers start, the files enter the cache
     data_max_side: int = 256  # the pre-resized copy's longer side
     data_quality: int = 90  # JPEG quality of the generated tree and of the copy
@@ -79,7 +79,7 @@ PROFILES = {
         branch_rounds=3,
         data_train_per_class=30,
         data_val_per_class=20,
-        data_rounds=3,
+        data_rounds=5,
     ),
     # Tiny sizes for the script's own test: checks the plumbing, measures nothing useful.
     "smoke": Settings(
