@@ -16,6 +16,10 @@ class DataRootError(InputError):
     """`data.root` does not hold the files a datamodule expects; the message names them."""
 
 
+class ImageTreeError(InputError):
+    """An image folder tree to copy that cannot be read, or a destination that would overlap it."""
+
+
 class CheckpointError(InputError):
     """A checkpoint that cannot be read, or does not fit the model it is loaded into."""
 

@@ -6,7 +6,8 @@
     python scripts/bench.py --out full.json                         # full run (tens of minutes)
 
 Sections (--sections): convert, latency, train, gpu (only where CUDA is available), and, only
-when asked for, branch_cost (train-time branches vs the plain net; 224 px takes a long while).
+when asked for, branch_cost (train-time branches vs the plain net; 224 px takes a long while) and
+data (the ImageNet loader on a generated tree; alone, into docs/results/data.json, docs/data.md).
 The code is in repvgg_lab.bench; docs/benchmarks.md describes the method.
 """
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--out FILE.json is required to run the benchmarks")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if "data" in args.sections and len(args.sections) > 1:
+        parser.error("run --sections data alone: it has its own results file and doc")
     settings = PROFILES["quick" if args.quick else "smoke" if args.smoke else "full"]
     if args.compile_backend is not None:
         backend = None if args.compile_backend == "none" else args.compile_backend

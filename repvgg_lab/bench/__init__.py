@@ -1,9 +1,10 @@
 """Benchmarks: conversion speed, CPU latency, training-loop overhead and the GPU section.
 
 Modules: `machine` (CPU accounting from /proc/stat), `settings` (run profiles), `keys` (every
-metric name, defined once), the sections `convert`, `latency`, `train` and `gpu`, `result` and
-`run` (what a run collects, the targets, the results file), `markdown` and `render` (the
-generated block of docs/benchmarks.md and the plot, from the results file alone)."""
+metric name, defined once), the sections `convert`, `latency`, `train`, `gpu`, `branch_cost` and
+`data_loading`, `result` and `run` (what a run collects, the targets, the results file),
+`markdown` and `render` (the generated block of docs/benchmarks.md and the plot, from the results
+file alone) and `data_markdown` (docs/data.md's block, from a `--sections data` results file)."""
 
 from __future__ import annotations
 

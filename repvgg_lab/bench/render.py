@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from repvgg_lab.bench import keys as k
+from repvgg_lab.bench.data_markdown import BLOCK as DATA_BLOCK
+from repvgg_lab.bench.data_markdown import render_data_markdown
 from repvgg_lab.bench.markdown import flat_report, latency_cases, pct, render_markdown
 from repvgg_lab.fileio import atomic_write
 from repvgg_lab.results import generated_blocks, read_results, replace_generated
@@ -69,19 +71,20 @@ def doc_paths(json_path: Path) -> tuple[Path, Path]:
     return folder / f"{json_path.stem}.md", folder / f"{json_path.stem}.png"
 
 
-def _with_block(text: str | None, body: str) -> str:
-    """`text` with the generated block set to `body` (a new doc, or the block appended to a
-    hand-written file that has none)."""
-    block = BLOCK_TEMPLATE.format(key=BLOCK, body=body)
+def _with_block(text: str | None, key: str, body: str) -> str:
+    """`text` with the generated block `key` set to `body` (a new doc, or the block appended to
+    a hand-written file that has none)."""
+    block = BLOCK_TEMPLATE.format(key=key, body=body)
     if text is None:
-        return DOC_HEAD + block
-    if BLOCK in generated_blocks(text):
-        return replace_generated(text, BLOCK, body)
+        return (DOC_HEAD if key == BLOCK else "") + block
+    if key in generated_blocks(text):
+        return replace_generated(text, key, body)
     return text.rstrip("\n") + "\n\n" + block
 
 
 def render(json_path: Path, md_path: Path | None = None, png_path: Path | None = None) -> Path:
-    """Rewrite the markdown's generated block (creating the file if needed) and the plot."""
+    """Rewrite the markdown's generated block (creating the file if needed) and the plot: the
+    `data_loading` block for a `--sections data` run, else the `benchmarks` block."""
     report = flat_report(read_results(json_path))
     default_md, default_png = doc_paths(json_path)
     md_path, png_path = md_path or default_md, png_path or default_png
@@ -89,8 +92,11 @@ def render(json_path: Path, md_path: Path | None = None, png_path: Path | None =
     if latency_cases(report):
         render_plot(report, png_path)
         png_name = os.path.relpath(png_path, md_path.parent)
-    body = render_markdown(report, png_name)
+    if report["sections"] == ["data"]:
+        key, body = DATA_BLOCK, render_data_markdown(report)
+    else:
+        key, body = BLOCK, render_markdown(report, png_name)
     text = md_path.read_text(encoding="utf-8") if md_path.exists() else None
-    new = _with_block(text, body)
+    new = _with_block(text, key, body)
     atomic_write(md_path, lambda tmp: tmp.write_text(new, encoding="utf-8"))
     return md_path

@@ -12,6 +12,7 @@ import torch
 
 from repvgg_lab.bench.branch_cost import bench_branch_cost_section
 from repvgg_lab.bench.convert import bench_convert_section
+from repvgg_lab.bench.data_loading import bench_data_section
 from repvgg_lab.bench.gpu import bench_gpu_section
 from repvgg_lab.bench.keys import RUN
 from repvgg_lab.bench.latency import bench_latency_section
@@ -42,6 +43,8 @@ def run_benchmarks(
             bench_gpu_section(s, run)
         if "branch_cost" in sections:
             bench_branch_cost_section(s, run)
+        if "data" in sections:
+            bench_data_section(s, run)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "not available"
     return {
         "created": started.isoformat(timespec="seconds"),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SECTIONS = ("convert", "latency", "train", "gpu", "branch_cost")
-# Run when --sections is not given: branch_cost at 224 px is a long run of its own.
+SECTIONS = ("convert", "latency", "train", "gpu", "branch_cost", "data")
+# Run when --sections is not given: branch_cost at 224 px is a long run of its own, and data
+# (the image loader on a generated tree) has its own results file and doc (docs/data.md).
 DEFAULT_SECTIONS = ("convert", "latency", "train", "gpu")
 
 
@@ -50,6 +51,16 @@ class Settings:
     branch_rounds: int = 7
     branch_warmup: int = 1
     branch_threads: int = 2
+    data_classes: int = 10
+    data_train_per_class: int = 60
+    data_val_per_class: int = 30
+    data_workers: tuple[int, ...] = (0, 1, 2)  # DataLoader num_workers values measured
+    data_batch: int = 16  # small enough for many batches per epoch: the workers share evenly
+    data_img_size: int = 224
+    data_rounds: int = 7
+    data_warmup: int = 1  # untimed epochs first: the workers start, the files enter the cache
+    data_max_side: int = 256  # the pre-resized copy's longer side
+    data_quality: int = 90  # JPEG quality of the generated tree and of the copy
 
 
 PROFILES = {
@@ -66,6 +77,9 @@ PROFILES = {
         gpu_steps=10,
         gpu_rounds=3,
         branch_rounds=3,
+        data_train_per_class=30,
+        data_val_per_class=20,
+        data_rounds=5,
     ),
     # Tiny sizes for the script's own test: checks the plumbing, measures nothing useful.
     "smoke": Settings(
@@ -96,5 +110,11 @@ PROFILES = {
         branch_batch=2,
         branch_rounds=1,
         branch_warmup=0,
+        data_classes=2,
+        data_train_per_class=4,
+        data_val_per_class=2,
+        data_workers=(0, 1),
+        data_batch=4,
+        data_rounds=1,
     ),
 }

@@ -147,4 +147,32 @@ MUTATIONS = [
         "        return Term(kernel, None, None, offset)\n",
         ("tests/models",),
     ),
+    Mutation(
+        "resize_imagefolder enlarges small images",
+        "repvgg_lab/data/resize.py",
+        "    if scale >= 1:\n",
+        "    if scale >= 10:\n",
+        ("tests/data/test_resize.py",),
+    ),
+    Mutation(
+        "resize_imagefolder redoes what a killed run finished (no resume)",
+        "repvgg_lab/data/resize.py",
+        "        if out in existing:\n",
+        "        if False:\n",
+        ("tests/data/test_resize.py",),
+    ),
+    Mutation(
+        "resize_imagefolder leaves a killed run's temporary files behind",
+        "repvgg_lab/data/resize.py",
+        "        if _is_leftover(name, outputs):\n",
+        "        if False:\n",
+        ("tests/data/test_resize.py",),
+    ),
+    Mutation(
+        "resize_imagefolder keeps palette and CMYK modes (no RGB conversion)",
+        "repvgg_lab/data/resize.py",
+        '        rgb = img.convert("RGB")\n',
+        "        rgb = img.copy()\n",
+        ("tests/data/test_resize.py",),
+    ),
 ]
