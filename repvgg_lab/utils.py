@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -146,15 +144,3 @@ def count_macs(
         for h_ in handles:
             h_.remove()
     return int(total)
-
-
-def seeded_rng(seed: int, *keys: int) -> np.random.Generator:
-    """A numpy generator that is a function of (seed, *keys) alone, e.g. (seed, epoch)."""
-    return np.random.default_rng([seed % 2**63, *keys])
-
-
-def reseed_globals(seed: int) -> None:
-    """Seed torch's, numpy's and Python's global generators (what mixup and dropout draw from)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)

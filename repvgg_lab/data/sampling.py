@@ -9,14 +9,13 @@ whichever process loads the sample (main process or a worker).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
-
-from repvgg_lab.utils import seeded_rng
 
 
 class SeededSampler(DistributedSampler):
@@ -61,3 +60,15 @@ class SeededSamples(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.dataset[index]
+
+
+def seeded_rng(seed: int, *keys: int) -> np.random.Generator:
+    """A numpy generator that is a function of (seed, *keys) alone, e.g. (seed, epoch)."""
+    return np.random.default_rng([seed % 2**63, *keys])
+
+
+def reseed_globals(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators (what mixup and dropout draw from)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)

@@ -12,10 +12,10 @@ import torchmetrics
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from repvgg_lab.data.sampling import reseed_globals, seeded_rng
 from repvgg_lab.fileio import json_values
 from repvgg_lab.models import create_model
 from repvgg_lab.prune.gates import sparsity_penalty
-from repvgg_lab.utils import reseed_globals, seeded_rng
 
 log = logging.getLogger(__name__)
 
