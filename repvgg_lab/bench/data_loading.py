@@ -29,7 +29,7 @@ from repvgg_lab.bench.result import Run
 from repvgg_lab.bench.settings import Settings
 from repvgg_lab.data.imagenet import ImageNetDataModule
 from repvgg_lab.data.resize import is_image, resize_tree
-from repvgg_lab.utils import seeded_rng
+from repvgg_lab.data.sampling import seeded_rng
 
 log = logging.getLogger(__name__)
 
