@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from repvgg_lab.bench.markdown import render_markdown_from_record
+from repvgg_lab.bench.markdown import render_branch_cost_from_record, render_markdown_from_record
 
 # Generated doc blocks of docs/benchmarks.md: key -> (results file in docs/results/, renderer
 # of the whole record into the block's body).
 DOC_BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "benchmarks": ("benchmarks.json", render_markdown_from_record),
+    "branch_cost": ("branch_cost.json", render_branch_cost_from_record),
 }
 
 __all__ = ["DOC_BLOCKS", "render_markdown_from_record"]

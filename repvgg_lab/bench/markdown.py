@@ -8,6 +8,7 @@ from typing import Any
 
 from repvgg_lab.bench import keys as k
 from repvgg_lab.bench.result import targets, verdict
+from repvgg_lab.bench.settings import DEFAULT_SECTIONS
 from repvgg_lab.results import markdown_table
 
 PNG_NAME = "benchmarks.png"
@@ -135,6 +136,8 @@ def _md_targets(report: dict[str, Any]) -> list[str]:
     """The targets table with a verdict per target, and the notes explaining them."""
     rows = []
     for t in targets(report["metrics"]):
+        if t["key"].split("/")[0] not in report.get("sections", DEFAULT_SECTIONS):
+            continue  # measured by a section this run left out (or one with a file of its own)
         word = verdict(t["holds"])
         cell = word if t["holds"] is None else f"**{word}**"
         rows.append([t["target"], f"`{t['key']}`", _f(t["value"]), f"≤ {t['limit']}", cell])
@@ -366,3 +369,18 @@ def render_markdown(report: dict[str, Any], png_name: str | None = PNG_NAME) -> 
 def render_markdown_from_record(record: dict[str, Any]) -> str:
     """The generated block's body from a whole results-file record (as `read_results` loads it)."""
     return render_markdown(flat_report(record))
+
+
+def render_branch_cost_from_record(record: dict[str, Any]) -> str:
+    """docs/any_cnn.md's branch-cost block: targets and the table of a `--sections
+    branch_cost` results file, with the command, date and machine that measured it."""
+    report = flat_report(record)
+    lines = [*_md_targets(report), *_md_branch_cost(report)[2:]]
+    lines.append(
+        f"\nMeasured with `{report['command']}` on {report['date'][:10]} "
+        f"({report['machine']['cpu']}); other processes used "
+        f"{_window_note(report, k.RUN)} of the CPU over the run. Time ratios come from "
+        "alternated rounds, so load hits both sides, but a busy machine still blurs them; the "
+        "memory counts are exact whatever the load."
+    )
+    return "\n".join(lines)

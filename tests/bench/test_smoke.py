@@ -152,8 +152,9 @@ def test_windows_and_targets(report: dict[str, Any]) -> None:
 def test_render_writes_the_block_and_a_png(smoke_run: Path) -> None:
     text = (smoke_run / "doc.md").read_text()
     block = generated_blocks(text)[BLOCK]
-    for _, key, _ in k.TARGETS:
-        assert f"`{key}`" in block
+    for _, key, _ in k.TARGETS:  # the targets of the sections the run measured, only those
+        shown = key.split("/")[0] in ("convert", "latency", "train", "gpu")
+        assert (f"`{key}`" in block) == shown, key
     # Every section the smoke run measured reached the doc (the renderer found the writer's keys).
     for title in ("### Conversion time", "### CPU inference latency", "### Training loop"):
         assert title in block
