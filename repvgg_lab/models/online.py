@@ -134,9 +134,11 @@ class ScaledTwoStage(_Scaled):
         first = self.first(work)
         second = self.weight2
         if second is None:
-            second = average_kernel(
-                first.shape[0], self.groups, self.size, dtype=work, device=first.device
-            )
+            # Pooling acts on each channel alone, so the composition is `first` times the
+            # pooling weight at every tap: C_out*C_in*k^2 products, not compose's dense
+            # C_out*C_mid*C_in*k^2 (the same values: the dense sum only adds exact zeros).
+            weight = average_kernel(1, 1, self.size, dtype=work, device=first.device)
+            return Term(first * weight, self.scale, None, offset)
         return compose(
             Term(first, None, None), Term(second, self.scale, None, offset), self.groups, work=work
         )
