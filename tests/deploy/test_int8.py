@@ -15,7 +15,7 @@ import torch
 from repvgg_lab.deploy import deploy
 from repvgg_lab.deploy.int8 import quantize
 from repvgg_lab.deploy.options import DeployOptions
-from repvgg_lab.deploy.verify import OnnxRunner, real_batches
+from repvgg_lab.deploy.verify import EXACT_INT8, OnnxRunner, real_batches
 from repvgg_lab.quant import QuantOptions
 from repvgg_lab.quant.ptq import check_qdq
 from tests.deploy.conftest import SIZE, lightning_checkpoint
@@ -145,6 +145,15 @@ def test_reported_agreement_is_what_onnx_runtime_gives_on_the_whole_split(int8_r
     assert len(labels) == m["verify/images"]  # the whole validation split, not a subset
     assert "quant/int8/test/acc" in m and m["quant/latency/b1/int8_over_fp32"] > 0
     assert len(labels) == 269  # digits' validation split
+
+
+def test_int8_is_measured_with_exact_arithmetic_on_any_x86_cpu(int8_run) -> None:
+    # Without VNNI, ONNX Runtime's default u8 x s8 kernels saturate (tests/quant/margins.py);
+    # this entry makes them exact there. It cannot be seen in the numbers on a VNNI machine.
+    _, out = int8_run
+    options = OnnxRunner(out / "model.int8.onnx").session.get_session_options()
+    assert options.get_session_config_entry(EXACT_INT8[0]) == EXACT_INT8[1] == "1"
+    assert EXACT_INT8[0] == "session.x64quantprecision"
 
 
 def test_without_verify_data_quantize_is_refused_before_any_work(tmp_path: Path, a0) -> None:
