@@ -19,10 +19,12 @@ INT8_FILES = {"int8_onnx": "model.int8.onnx", "quant_layers": "quant_layers.json
 
 @dataclass(frozen=True)
 class Quantized:
-    """The int8 model's metrics and the files it added to the staging folder."""
+    """The int8 model's metrics, the files it added to the staging folder, and the
+    quantization as applied (report.json's `settings.quantize`; None without int8)."""
 
     metrics: dict[str, Any]
     files: dict[str, str]
+    settings: dict[str, Any] | None = None
 
 
 def quantize(plain: Any, real: dict[str, Any], options: DeployOptions, staging: Path) -> Quantized:
@@ -32,6 +34,7 @@ def quantize(plain: Any, real: dict[str, Any], options: DeployOptions, staging: 
     if options.quantize is None:
         return Quantized({}, {})
     from repvgg_lab.quant import evaluate_int8, int8_deploy
+    from repvgg_lab.quant.ptq import applied_settings
 
     q = options.quantize
     calibration = real["train"][0][: q.calibration_batches * options.verify_batch]
@@ -50,4 +53,4 @@ def quantize(plain: Any, real: dict[str, Any], options: DeployOptions, staging: 
     if "test" in real:
         test = evaluate_int8(staging / files[0], plain, *real["test"], split="test")
         metrics.update({k: v for k, v in test.items() if k.endswith("/test/acc")})
-    return Quantized(metrics, dict(INT8_FILES))
+    return Quantized(metrics, dict(INT8_FILES), applied_settings(q, calibration))

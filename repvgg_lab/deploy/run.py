@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ _LOSSY = (
 )
 
 
-def _settings(options: DeployOptions, loaded: steps.Loaded) -> dict[str, Any]:
+def _settings(options: DeployOptions, loaded: steps.Loaded, quantized: Quantized) -> dict[str, Any]:
     """report.json's `settings`: the options as they were applied."""
     return {
         "input_size": loaded.input_size,
@@ -57,7 +56,7 @@ def _settings(options: DeployOptions, loaded: steps.Loaded) -> dict[str, Any]:
         "warmup": options.warmup,
         "threads": torch.get_num_threads(),
         "prune": options.prune.as_dict() if options.prune is not None else None,
-        "quantize": asdict(options.quantize) if options.quantize is not None else None,
+        "quantize": quantized.settings,
     }
 
 
@@ -91,7 +90,7 @@ def assemble(
         "metrics": {**steps.metrics_of(verified, pruned, staged, measured), **quantized.metrics},
         "source": _source(ckpt, loaded),
         "reference": _REFERENCE[loaded.src.deploy_form] + (_LOSSY if pruned.lossy else ""),
-        "settings": _settings(options, loaded),
+        "settings": _settings(options, loaded, quantized),
         "onnx_ops": staged.ops,
         "drift_blocks": verified.drift.blocks,
         "files": {**FILES, **quantized.files},

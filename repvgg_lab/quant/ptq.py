@@ -34,16 +34,21 @@ def _calibration_method(name: str) -> Any:
     }[name]
 
 
-def calibration_reader(images: Tensor, batches: int, input_name: str = ONNX_INPUT) -> Any:
-    """An ONNX Runtime `CalibrationDataReader` that feeds `images` in `batches` chunks."""
-    from onnxruntime.quantization import CalibrationDataReader
-
+def calibration_chunks(images: Tensor, batches: int) -> tuple[Tensor, ...]:
+    """`images` in the `batches` chunks calibration reads, every image in one of them."""
     if images.ndim != 4 or images.shape[0] < batches:
         raise QuantizationError(
             f"calibration needs a (N, C, H, W) image batch with N >= quantize.calibration_batches"
             f"={batches}, got shape {tuple(images.shape)}"
         )
-    chunks = [c.detach().float().cpu().numpy() for c in torch.tensor_split(images, batches)]
+    return torch.tensor_split(images, batches)
+
+
+def calibration_reader(images: Tensor, batches: int, input_name: str = ONNX_INPUT) -> Any:
+    """An ONNX Runtime `CalibrationDataReader` that feeds `images` in `batches` chunks."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    chunks = [c.detach().float().cpu().numpy() for c in calibration_chunks(images, batches)]
 
     class _Reader(CalibrationDataReader):
         """Yields {input_name: chunk} once per chunk, then None."""
@@ -70,6 +75,35 @@ def _extra_options(options: QuantOptions) -> dict[str, object]:
     if options.method == "percentile":
         extra["CalibPercentile"] = float(options.percentile)
     return extra
+
+
+def static_arguments(options: QuantOptions) -> dict[str, Any]:
+    """The keyword arguments `quantize_static` gets for `options` (besides the model paths and
+    the reader): built in this one place, so a report can say what was actually passed."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "per_channel": options.per_channel,
+        "activation_type": QuantType.QUInt8,
+        "weight_type": QuantType.QInt8,
+        "calibrate_method": _calibration_method(options.method),
+        "extra_options": _extra_options(options),
+    }
+
+
+def applied_settings(options: QuantOptions, calibration_images: Tensor) -> dict[str, Any]:
+    """The quantization as applied, for reports: every option, the calibration images used
+    (count and per-batch sizes) and ONNX Runtime's `quantize_static` arguments by name."""
+    sizes = [len(c) for c in calibration_chunks(calibration_images, options.calibration_batches)]
+    # ONNX Runtime's enums by name, so the record is plain JSON.
+    ort_args = {k: getattr(v, "name", v) for k, v in static_arguments(options).items()}
+    return {
+        **dataclasses.asdict(options),
+        "calibration_images": int(calibration_images.shape[0]),
+        "calibration_batch_sizes": sizes,
+        "onnxruntime": ort_args,
+    }
 
 
 def check_qdq(proto: onnx.ModelProto) -> dict[str, int]:
@@ -108,7 +142,7 @@ def quantize_onnx(
     options: QuantOptions | None = None,
 ) -> Path:
     """Quantize the fp32 ONNX model to a QDQ int8 model at `int8_path` (atomically)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     options = options or QuantOptions()
@@ -125,12 +159,7 @@ def quantize_onnx(
                 str(pre),
                 str(out),
                 reader,
-                quant_format=QuantFormat.QDQ,
-                per_channel=options.per_channel,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=_calibration_method(options.method),
-                extra_options=_extra_options(options),
+                **static_arguments(options),
             )
             check_qdq(onnx.load(str(out)))
     log.info(

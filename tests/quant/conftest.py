@@ -1,5 +1,8 @@
-"""A small RepVGG trained on digits for a few epochs (once per session), its plain form, real
-digits batches, and the fp32 ONNX export shared by the int8 tests."""
+"""A small RepVGG trained on digits for a few epochs (once per session), its plain form with and
+without a planted outlier, real digits batches, and the fp32 ONNX export shared by the int8
+tests. The net is trained on the CPU that runs the tests, so its weights (and every int8 number
+measured on it) differ from machine to machine: the margins in `tests/quant/margins.py` say how
+much."""
 
 from __future__ import annotations
 
@@ -7,42 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from repvgg_lab.data import DigitsDataModule
 from repvgg_lab.deploy.export import export_onnx
-from repvgg_lab.models import create_model
 from repvgg_lab.models.plain import PlainNet
-from repvgg_lab.quant import as_plain
-
-IMG = 32
-WIDTHS = (0.25, 0.25, 0.25, 0.5)
-
-
-def digits_module(batch_size: int = 32) -> DigitsDataModule:
-    """The digits data module of the default job (32x32, 3 channels, no augmentation), set up."""
-    module = DigitsDataModule(img_size=IMG, batch_size=batch_size, in_channels=3, augment=False)
-    module.setup()
-    return module
-
-
-def train_digits(epochs: int = 4, seed: int = 0, name: str = "repvgg_a0") -> nn.Module:
-    """A narrow `name` trained on digits with the default job's SGD + cosine (plain loop)."""
-    torch.manual_seed(seed)
-    net = create_model(name, num_classes=10, widths=WIDTHS)
-    loader = digits_module().train_dataloader()
-    opt = torch.optim.SGD(net.parameters(), lr=0.0125, momentum=0.9, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
-    net.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return net.eval()
+from repvgg_lab.quant import as_plain, plant_outlier
+from tests.helpers.digits_net import (
+    IMG,
+    PLANT_K,
+    PLANT_LAYER,
+    digits_module,
+    train_digits,
+    widest_channel,
+)
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +38,15 @@ def trained_plain() -> PlainNet:
 
 
 @pytest.fixture(scope="session")
+def planted(trained_plain: PlainNet) -> PlainNet:
+    """`trained_plain` with its widest channel of layer PLANT_LAYER scaled by PLANT_K (same
+    fp32 function; per-tensor int8 weights and activations of that layer 50x coarser)."""
+    return plant_outlier(trained_plain, PLANT_LAYER, widest_channel(trained_plain), PLANT_K)
+
+
+@pytest.fixture(scope="session")
 def test_split(digits: DigitsDataModule) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole digits test split (270 images)."""
+    """The whole digits test split (269 images)."""
     return digits.fixed_batch("test", size=len(digits.splits.test))
 
 

@@ -1,5 +1,6 @@
 """Outlier planting and cross-layer equalization keep the fp32 function; the per-layer report
-names the planted layer; equalization undoes the outlier under per-tensor int8 in ONNX Runtime."""
+names the planted layer; equalization undoes the outlier under per-tensor int8 in ONNX Runtime.
+Margins (images, dB) and the measurements behind them: tests/quant/margins.py."""
 
 import json
 import logging
@@ -9,7 +10,6 @@ import torch
 from torch import nn
 
 from repvgg_lab.errors import QuantizationError
-from repvgg_lab.models.plain import PlainNet
 from repvgg_lab.quant import (
     QuantOptions,
     equalize,
@@ -22,30 +22,18 @@ from repvgg_lab.quant import (
 )
 from repvgg_lab.reparam import rel_max
 from repvgg_lab.testing import trained_like
+from tests.helpers.digits_net import PLANT_LAYER
+from tests.helpers.qdq import ort_correct, torch_correct
+from tests.helpers.qdq import small_plain_net as _small_net
+from tests.quant.margins import (
+    PER_CHANNEL_WEIGHT_GAIN_DB,
+    PER_TENSOR_ALLOW,
+    PLANTED_DROP,
+    PLANTED_SQNR_DROP_DB,
+    RECOVERED_SHARE,
+)
 
 PER_TENSOR = QuantOptions(per_channel=False)
-
-
-def _small_net(groups: tuple[int, ...] = (1, 1, 1), act: str = "ReLU") -> PlainNet:
-    layers = [
-        {
-            "in_channels": 3 if i == 0 else 8,
-            "out_channels": 8,
-            "kernel_size": 3,
-            "stride": 1,
-            "padding": 1,
-            "groups": g,
-            "act": act,
-            "pool": None,
-        }
-        for i, g in enumerate(groups)
-    ]
-    net = PlainNet.from_spec({"layers": layers, "num_features": 8, "num_classes": 5}).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return net
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2])
@@ -88,22 +76,27 @@ def test_weight_outliers_see_a_whole_channel_scaled_up() -> None:
     assert planted["channel_range_ratio"] > 20 * plain["channel_range_ratio"]
 
 
-def test_report_ranks_the_planted_layer_worst(trained_plain, calib, tmp_path) -> None:
+def test_report_ranks_the_planted_layer_worst(trained_plain, planted, calib, tmp_path) -> None:
     clean = layer_report(trained_plain, calib[:64], PER_TENSOR)
-    planted = layer_report(plant_outlier(trained_plain, 8, 0, 50.0), calib[:64], PER_TENSOR)
-    assert clean[0]["layer"] != 8
-    assert planted[0]["layer"] == 8 and planted[0]["rank"] == 1
-    assert planted[0]["cause"].startswith("weights")
-    assert planted[0]["sqnr_db"] < clean[0]["sqnr_db"] - 10
-    assert [r["sqnr_db"] for r in planted] == sorted(r["sqnr_db"] for r in planted)
-    assert sorted(r["layer"] for r in planted) == list(range(22))
+    rows = layer_report(planted, calib[:64], PER_TENSOR)
+    before = {r["layer"]: r for r in clean}
+    row = next(r for r in rows if r["layer"] == PLANT_LAYER)
+    assert clean[0]["layer"] != PLANT_LAYER
+    # Worst of all but the stem: the stem's per-tensor weights are the clean net's own weak spot
+    # (its SQNR varies with the training and can rank first even after planting).
+    assert [r["layer"] for r in rows if r["layer"] != 0][0] == PLANT_LAYER and row["rank"] <= 2
+    assert row["cause"].startswith("weights")
+    assert row["sqnr_db"] < before[PLANT_LAYER]["sqnr_db"] - PLANTED_SQNR_DROP_DB
+    assert [r["sqnr_db"] for r in rows] == sorted(r["sqnr_db"] for r in rows)
+    assert sorted(r["layer"] for r in rows) == list(range(22))
     # Per-channel weights rescue the planted layer's weights, not its output range.
-    per_channel = layer_report(plant_outlier(trained_plain, 8, 0, 50.0), calib[:64])
-    row = next(r for r in per_channel if r["layer"] == 8)
-    assert row["sqnr_weights_only_db"] > planted[0]["sqnr_weights_only_db"] + 20
-    path = write_layer_report(tmp_path / "quant_layers.json", planted)
+    per_channel = layer_report(planted, calib[:64])
+    rescued = next(r for r in per_channel if r["layer"] == PLANT_LAYER)
+    gain = rescued["sqnr_weights_only_db"] - row["sqnr_weights_only_db"]
+    assert gain > PER_CHANNEL_WEIGHT_GAIN_DB
+    path = write_layer_report(tmp_path / "quant_layers.json", rows)
     saved = json.loads(path.read_text())
-    assert saved["worst"] == "features.8" and len(saved["layers"]) == 22
+    assert saved["worst"] == rows[0]["name"] and len(saved["layers"]) == 22
 
 
 def test_equalize_keeps_the_function_and_balances_ranges() -> None:
@@ -129,25 +122,33 @@ def test_equalize_skips_grouped_pairs_and_says_so(caplog) -> None:
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), eq.parameters(), strict=True))
 
 
-def test_equalize_undoes_a_planted_outlier(trained_plain, calib, test_split, tmp_path) -> None:
+def test_equalize_undoes_a_planted_outlier(
+    trained_plain, planted, calib, test_split, tmp_path
+) -> None:
     images, labels = test_split
-    planted = plant_outlier(trained_plain, 8, 0, 50.0)
-    acc = {}
-    for name, options in (
-        ("clean", PER_TENSOR),
-        ("planted", PER_TENSOR),
-        ("equalized", QuantOptions(per_channel=False, equalize=True)),
+    fp32 = torch_correct(trained_plain, images, labels)
+    correct = {}
+    for name, net, options in (
+        ("clean", trained_plain, PER_TENSOR),
+        ("planted", planted, PER_TENSOR),
+        ("equalized", planted, QuantOptions(per_channel=False, equalize=True)),
     ):
-        net = trained_plain if name == "clean" else planted
         out = quantize_net(net, tmp_path / f"{name}.onnx", calib, options)
-        acc[name] = evaluate_int8(out, trained_plain, images, labels)["quant/int8/test/acc"]
-    assert acc["planted"] < acc["clean"] - 0.10
-    assert acc["equalized"] >= acc["clean"] - 0.01
+        correct[name] = ort_correct(out, images, labels)  # a bare ONNX Runtime session
+        reported = evaluate_int8(out, trained_plain, images, labels)["quant/int8/test/acc"]
+        assert reported == pytest.approx(correct[name] / len(labels))
+    # In images of the test split, against the fp32 net: the outlier costs a clear margin
+    # under per-tensor int8, equalization wins most of it back, to the clean net's level.
+    assert correct["clean"] >= fp32 - PER_TENSOR_ALLOW
+    assert correct["planted"] <= fp32 - PLANTED_DROP, correct
+    assert correct["equalized"] >= fp32 - PER_TENSOR_ALLOW, (fp32, correct)
+    drop = fp32 - correct["planted"]
+    assert correct["equalized"] - correct["planted"] >= RECOVERED_SHARE * drop
     sqnr = {
         r["layer"]: r["sqnr_db"] for r in layer_report(equalize(planted), calib[:64], PER_TENSOR)
     }
     planted_rows = {r["layer"]: r["sqnr_db"] for r in layer_report(planted, calib[:64], PER_TENSOR)}
-    assert sqnr[8] > planted_rows[8] + 10
+    assert sqnr[PLANT_LAYER] > planted_rows[PLANT_LAYER] + PLANTED_SQNR_DROP_DB
 
 
 def test_equalize_refuses_a_net_without_plain_form() -> None:

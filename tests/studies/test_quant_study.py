@@ -8,8 +8,11 @@ import pytest
 import torch
 import yaml
 
+from repvgg_lab.data import DigitsDataModule
 from repvgg_lab.studies import quant_study
-from repvgg_lab.testing import trained_like
+from tests.helpers.digits_net import IMG, WIDTHS, train_digits
+from tests.helpers.qdq import torch_correct
+from tests.quant.margins import FP32_MIN, PER_CHANNEL_ALLOW, PER_TENSOR_ALLOW, QAT_ALLOW
 
 
 def _record() -> dict:
@@ -82,8 +85,14 @@ def test_one_run_is_studied_end_to_end(tmp_path: Path) -> None:
     (run_dir / ".hydra" / "config.yaml").write_text(
         yaml.safe_dump({"model": {"model_name": "repvgg_a0"}, "seed": 0})
     )
-    net = trained_like("repvgg_a0", 0, num_classes=10)
-    hparams = {"model_name": "repvgg_a0", "num_classes": 10, "input_size": 16}
+    with torch.random.fork_rng():
+        net = train_digits()  # the int8 tests' digits net: its accuracies have known margins
+    hparams = {
+        "model_name": "repvgg_a0",
+        "num_classes": 10,
+        "input_size": IMG,
+        "model_kwargs": {"widths": list(WIDTHS)},
+    }
     torch.save(
         {
             "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
@@ -99,9 +108,19 @@ def test_one_run_is_studied_end_to_end(tmp_path: Path) -> None:
         "fp32",
         *(quant_study._variant(m, pc) for m, pc in quant_study.VARIANTS),
     }
-    assert all(0.0 <= v["acc"] <= 1.0 for v in row["ptq"].values())
+    # fp32 accuracy counted here, on the same test split, with the trained net itself.
+    dm = DigitsDataModule(img_size=IMG, in_channels=3)
+    dm.setup()
+    images, labels = dm.fixed_batch("test", None)
+    n, fp32 = len(labels), torch_correct(net, images, labels)
+    assert row["ptq"]["fp32"]["acc"] == pytest.approx(fp32 / n) and fp32 >= FP32_MIN
+    # Each variant, in images against that count: the int8 margins of tests/quant.
+    for method, per_channel in quant_study.VARIANTS:
+        allow = PER_CHANNEL_ALLOW if per_channel else PER_TENSOR_ALLOW
+        correct = round(row["ptq"][quant_study._variant(method, per_channel)]["acc"] * n)
+        assert correct >= fp32 - allow, (method, per_channel, correct, fp32)
+    assert round(row["qat"]["acc"] * n) >= fp32 - QAT_ALLOW
     assert (
         len(row["worst_layers"]) == 3
         and row["worst_layers"][0]["sqnr_db"] <= row["worst_layers"][1]["sqnr_db"]
     )
-    assert 0.0 <= row["qat"]["acc"] <= 1.0
