@@ -175,4 +175,25 @@ MUTATIONS = [
         "        rgb = img.copy()\n",
         ("tests/data/test_resize.py",),
     ),
+    Mutation(
+        "quantize.method ignored (MinMax always)",
+        "repvgg_lab/quant/ptq.py",
+        '"calibrate_method": _calibration_method(options.method),',
+        '"calibrate_method": _calibration_method("minmax"),',
+        ("tests/quant", "tests/deploy"),
+    ),
+    Mutation(
+        "quantize.per_channel ignored (per tensor always)",
+        "repvgg_lab/quant/ptq.py",
+        '"per_channel": options.per_channel,',
+        '"per_channel": False,',
+        ("tests/quant", "tests/deploy"),
+    ),
+    Mutation(
+        "calibration reads only its first batch",
+        "repvgg_lab/quant/ptq.py",
+        "            self._items = iter(chunks)\n",
+        "            self._items = iter(chunks[:1])\n",
+        ("tests/quant", "tests/deploy"),
+    ),
 ]
