@@ -192,8 +192,8 @@ MUTATIONS = [
     Mutation(
         "calibration reads only its first batch",
         "repvgg_lab/quant/ptq.py",
-        "            self._items = iter(chunks)\n",
-        "            self._items = iter(chunks[:1])\n",
+        "for c in calibration_chunks(images, batches)]",
+        "for c in calibration_chunks(images, batches)][:1]",
         ("tests/quant", "tests/deploy"),
     ),
 ]
