@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from repvgg_lab.bench.data_markdown import render_data_from_record
 from repvgg_lab.bench.markdown import render_branch_cost_from_record, render_markdown_from_record
 
 # Generated doc blocks of docs/benchmarks.md: key -> (results file in docs/results/, renderer
@@ -18,6 +19,7 @@ from repvgg_lab.bench.markdown import render_branch_cost_from_record, render_mar
 DOC_BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "benchmarks": ("benchmarks.json", render_markdown_from_record),
     "branch_cost": ("branch_cost.json", render_branch_cost_from_record),
+    "data_loading": ("data.json", render_data_from_record),
 }
 
 __all__ = ["DOC_BLOCKS", "render_markdown_from_record"]
