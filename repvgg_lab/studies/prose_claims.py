@@ -18,6 +18,7 @@ from repvgg_lab.studies.prose import (
     round_to,
 )
 from repvgg_lab.studies.prose_bench import BENCHMARK_QUOTES, PRECISION_QUOTES
+from repvgg_lab.studies.prose_branches import BRANCH_COST_QUOTES
 
 # ---------------------------------------------------------------- README.md, docs/any_cnn.md
 
@@ -345,6 +346,7 @@ RMNET_QUOTES = [
 
 QUOTES = [
     *STUDY_QUOTES,
+    *BRANCH_COST_QUOTES,
     *PRUNING_QUOTES,
     *QUANT_QUOTES,
     *BENCHMARK_QUOTES,
