@@ -9,8 +9,10 @@ non-parameter tensors autograd saves for backward in one forward pass, counted o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -66,37 +68,58 @@ def build(net: str, branches: str | None, mode: str = "offline") -> nn.Module:
     return create_model(net, num_classes=NUM_CLASSES, branch_mode=mode).train()
 
 
-def _stepper(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
-    """One training step of `model` on (x, y): forward, backward, SGD with momentum 0.9."""
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to `dtype` on `device`; no autocast when `dtype` is None."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _stepper(
+    model: nn.Module, x: Tensor, y: Tensor, autocast: torch.dtype | None = None
+) -> Callable[[], None]:
+    """One training step of `model` on (x, y): forward (under autocast to `autocast` when
+    given), backward, SGD with momentum 0.9; on CUDA it waits for the device to finish."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> None:
         """Forward, backward, optimizer step."""
-        loss = F.cross_entropy(model(x), y)
+        with _autocast(x.device, autocast):
+            loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
 
     return step
 
 
-def _measure_net(s: Settings, run: Run, net: str, size: int, main: bool) -> None:
-    """Every branch set and mode of `net` at `size` px against the plain net."""
+def _measure_net(
+    s: Settings,
+    run: Run,
+    net: str,
+    size: int,
+    suffix: str,
+    device: torch.device,
+    autocast: torch.dtype | None = None,
+) -> None:
+    """Every branch set and mode of `net` at `size` px against the plain net; keys end in
+    `suffix` ("" for the first size on the CPU, which carries the targets)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(s.branch_batch, 3, size, size, generator=gen)
-    y = torch.randint(0, NUM_CLASSES, (s.branch_batch,), generator=gen)
-    plain = build(net, None)
-    plain_bytes = saved_tensor_bytes(plain, x)
-    plain_step = _stepper(plain, x, y)
-    suffix = "" if main else f"_{size}px"
+    x = torch.randn(s.branch_batch, 3, size, size, generator=gen).to(device)
+    y = torch.randint(0, NUM_CLASSES, (s.branch_batch,), generator=gen).to(device)
+    plain = build(net, None).to(device)
+    with _autocast(device, autocast):
+        plain_bytes = saved_tensor_bytes(plain, x)
+    plain_step = _stepper(plain, x, y, autocast)
     run.metrics[branch_plain_key(net, "saved_mb" + suffix)] = plain_bytes / 2**20
     for branches in branch_sets(net, s):
         for mode in s.branch_modes:
-            model = build(net, branches, mode)
-            fns = {"plain": plain_step, "branched": _stepper(model, x, y)}
+            model = build(net, branches, mode).to(device)
+            fns = {"plain": plain_step, "branched": _stepper(model, x, y, autocast)}
             with run.window(branch_cost_window(net, branches, mode, size)):
                 times = measure_latency(fns, s.branch_rounds, s.branch_warmup)
-            memory = saved_tensor_bytes(model, x) / plain_bytes
+            with _autocast(device, autocast):
+                memory = saved_tensor_bytes(model, x) / plain_bytes
             time = paired_ratio(times, "branched", "plain")
             run.metrics[branch_cost_key(net, branches, mode, "time_over_plain" + suffix)] = time
             run.metrics[branch_cost_key(net, branches, mode, "memory_over_plain" + suffix)] = memory
@@ -107,16 +130,26 @@ def _measure_net(s: Settings, run: Run, net: str, size: int, main: bool) -> None
             del model
 
 
-def bench_branch_cost_section(s: Settings, run: Run) -> None:
-    """Branch cost of each net at each size (the first size's keys carry no size suffix and
-    the targets; the others end in `_<size>px`), on `branch_threads` threads."""
+def bench_branch_cost_section(
+    s: Settings, run: Run, device: torch.device | str = "cpu", autocast: torch.dtype | None = None
+) -> None:
+    """Branch cost of each net at each size on `device` (CPU: on `branch_threads` threads),
+    in fp32 or under autocast to `autocast`. On the CPU in fp32 the first size's keys carry no
+    suffix (they hold the targets) and the others end in `_<size>px`; elsewhere every key ends
+    in `_<size>px_<dtype>_<device>` (the GPU check's bf16 line)."""
+    device = torch.device(device)
+    plain_cpu = device.type == "cpu" and autocast is None
     branched_log = logging.getLogger("repvgg_lab.models.branched")
     level = branched_log.level
     branched_log.setLevel(logging.WARNING)  # one line per conv and net built: noise here
     try:
-        with torch_threads(s.branch_threads):
+        with torch_threads(s.branch_threads if device.type == "cpu" else None):
             for i, size in enumerate(s.branch_sizes):
+                suffix = "" if plain_cpu and i == 0 else f"_{size}px"
+                if not plain_cpu:
+                    suffix += f"_{str(autocast or torch.float32).removeprefix('torch.')}"
+                    suffix += f"_{device.type}"
                 for net in s.branch_nets:
-                    _measure_net(s, run, net, size, main=i == 0)
+                    _measure_net(s, run, net, size, suffix, device, autocast)
     finally:
         branched_log.setLevel(level)

@@ -25,6 +25,17 @@ def test_dry_run_measures_every_training_mode_and_tf32_drift() -> None:
     own = metrics[k.tf32_key("repvgg_a0", "train_rel_max")]
     assert off == on  # TF32 does not exist on a CPU: the switch must change nothing here
     assert 0 < off <= 3 * own + 1e-6  # and the conversion sits at the fp32 floor
+    # The bf16 branch-cost line: online DBB keeps fewer activations than offline DBB.
+    size = DRY_RUN.branch_sizes[0]
+    cost = {
+        mode: metrics[
+            k.branch_cost_key(
+                "tv_resnet18", "dbb", mode, f"memory_over_plain_{size}px_bfloat16_cpu"
+            )
+        ]
+        for mode in ("offline", "online")
+    }
+    assert 0 < cost["online"] < cost["offline"]
 
 
 def test_asking_for_cuda_without_it_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
