@@ -21,10 +21,10 @@ from torch import nn
 from repvgg_lab.bench import keys as k
 from repvgg_lab.bench.result import Run
 from repvgg_lab.bench.settings import Settings
-from repvgg_lab.deploy.export import export_onnx
-from repvgg_lab.deploy.verify import OnnxRunner
 from repvgg_lab.models import reparameterize
 from repvgg_lab.reparam import rel_max
+from repvgg_lab.runtime import OnnxRunner
+from repvgg_lab.runtime.export import export_onnx
 from repvgg_lab.testing import trained_like
 from repvgg_lab.utils import count_macs, measure_latency, paired_ratio
 

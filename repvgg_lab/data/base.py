@@ -11,7 +11,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from repvgg_lab.data.sampling import SeededSampler, SeededSamples
 
@@ -196,10 +196,9 @@ class ImageDataModule(pl.LightningDataModule):
         """Test batches in a fixed order."""
         return self._loader(self.splits.test, train=False)
 
-    def fixed_batch(self, split: str = "val", size: int | None = 64) -> tuple[Tensor, Tensor]:
-        """The same `size` eval-transformed samples of `split` on every call: evenly spaced
-        indices, so class-sorted folders still give a batch that spans the classes. `size`
-        None: the whole split (held in memory)."""
+    def _fixed(self, split: str, size: int | None) -> tuple[Dataset, np.ndarray]:
+        """The eval-transformed dataset of `split` and the `size` evenly spaced indices that
+        `fixed_batch` and `fixed_loader` read (all of them for None)."""
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: expected one of {SPLITS}")
         splits = self.splits
@@ -209,9 +208,39 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"split={split!r} is empty")
         size = n if size is None else size
         if size > n:
-            log.warning("fixed_batch: %s has %d samples, fewer than size=%d", split, n, size)
+            log.warning("%s has %d samples, fewer than the %d asked for", split, n, size)
         picks = np.unique(np.linspace(0, n - 1, num=min(size, n)).round().astype(np.int64))
+        return dataset, picks
+
+    def fixed_batch(self, split: str = "val", size: int | None = 64) -> tuple[Tensor, Tensor]:
+        """The same `size` eval-transformed samples of `split` on every call: evenly spaced
+        indices, so class-sorted folders still give a batch that spans the classes. `size`
+        None: the whole split (held in memory: for whole splits use `fixed_loader`)."""
+        dataset, picks = self._fixed(split, size)
         samples = [dataset[int(i)] for i in picks]
         x = torch.stack([s[0] for s in samples])
         y = torch.tensor([int(s[1]) for s in samples], dtype=torch.long)
         return x, y
+
+    def fixed_loader(
+        self,
+        split: str = "val",
+        size: int | None = None,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+    ) -> DataLoader:
+        """The samples of `fixed_batch(split, size)`, in the same order, as a DataLoader of
+        `batch_size` batches (default: the module's) decoded by `num_workers` workers (default:
+        the module's): a whole split streamed instead of held."""
+        dataset, picks = self._fixed(split, size)
+        subset = dataset if len(picks) == len(dataset) else Subset(dataset, picks.tolist())
+        options = self._loader_options()
+        if num_workers is not None:
+            options.update(num_workers=num_workers, persistent_workers=False)
+        options["persistent_workers"] = False  # read once; workers end with the pass
+        return DataLoader(subset, batch_size=batch_size or self.batch_size, **options)
+
+    def same_samples(self, split: str, other: str) -> bool:
+        """True when two splits are one dataset (e.g. an ImageNet folder without test/, whose
+        test split is val/): measure it once and report it for both."""
+        return getattr(self.splits, split) is getattr(self.splits, other)

@@ -37,6 +37,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from repvgg_lab.errors import ImageTreeError, check_integer
 from repvgg_lab.fileio import atomic_path, write_json
+from repvgg_lab.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -190,33 +191,6 @@ def _run_job(job: Job, src: Path, dst: Path, max_side: int, quality: int) -> tup
     return job.src, None
 
 
-class _Progress:
-    """A tqdm bar when tqdm is installed, else a log line at every tenth of the work."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.count, self.bar = total, 0, None
-        self.enabled = enabled and total > 0
-        if self.enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, unit="img", desc="resize", dynamic_ncols=True)
-
-    def update(self) -> None:
-        """One more image handled."""
-        self.count += 1
-        if self.bar is not None:
-            self.bar.update()
-        elif self.enabled and self.count % max(1, self.total // 10) == 0:
-            log.info("resized %d / %d images", self.count, self.total)
-
-    def close(self) -> None:
-        """End the bar."""
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _results(
     jobs: list[Job], worker: functools.partial, workers: int
 ) -> Iterable[tuple[str, str | None]]:
@@ -254,7 +228,7 @@ def resize_tree(
     write_json(dst / MANIFEST, options)
     log.info("%d images to write, %d already there", len(jobs), summary.skipped)
     worker = functools.partial(_run_job, src=src, dst=dst, max_side=max_side, quality=quality)
-    bar = _Progress(len(jobs), progress)
+    bar = Progress(len(jobs), "resize", enabled=progress, quiet_for=0.0, min_interval=0.0)
     try:
         for name, error in _results(jobs, worker, workers):
             if error is None:

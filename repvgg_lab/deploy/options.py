@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from repvgg_lab.deploy.export import DEFAULT_OPSET, OPSETS
 from repvgg_lab.deploy.verify import check_verify_data
 from repvgg_lab.errors import DeployError, check_integer, is_integer
 from repvgg_lab.prune import PruneOptions
 from repvgg_lab.quant.options import QuantOptions
+from repvgg_lab.runtime.export import DEFAULT_OPSET, OPSETS
 
 DEFAULT_INPUT_SIZE = 224
 
@@ -23,7 +23,9 @@ class DeployOptions:
     `input_size`: H = W of the checks, MACs and latency (None: the checkpoint's training size,
     else 224). `tolerance`: max|err|/max|ref| allowed against float64 (None: the dtype's
     default). `batch_sizes`, `rounds`, `warmup`: the latency measurement (no batch sizes: none).
-    `verify_*`: the synthetic check batch and, with `verify_data`, real images. `opset`: the
+    `verify_*`: the synthetic check batch and, with `verify_data`, real images, read in
+    `verify_batch` batches by `workers` loader processes (None: the data module's count, at
+    most the CPUs; 0: in this process). `opset`: the
     ONNX opset. `seed`: of the synthetic batch (None: fresh). `threads`: CPU threads of PyTorch
     and ONNX Runtime (None: PyTorch's default). `prune`: prune the verified plain net first.
     A bad value raises a one-line `DeployError` (`PruningError` for `prune`) naming the option
@@ -40,6 +42,7 @@ class DeployOptions:
     verify_root: str | None = None
     verify_size: int = 64
     verify_batch: int = 8
+    workers: int | None = None
     opset: int = DEFAULT_OPSET
     seed: int | None = 0
     threads: int | None = None
@@ -60,6 +63,7 @@ class DeployOptions:
             ("latency.warmup", self.warmup, 0),
             ("verify.batch", self.verify_batch, 1),
             ("verify.size", self.verify_size, 1),
+            ("verify.workers", self.workers, 0),
             ("threads", self.threads, 1),
         ):
             if value is not None:

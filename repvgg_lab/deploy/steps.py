@@ -13,33 +13,29 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from repvgg_lab.deploy.export import (
-    check_exported_graph,
-    export_onnx,
-    export_program,
-    load_program,
-)
 from repvgg_lab.deploy.options import DEFAULT_INPUT_SIZE, DeployOptions
 from repvgg_lab.deploy.report import FILES, drift_metrics, latency_metrics
 from repvgg_lab.deploy.source import Source, load_source, save_plain
-from repvgg_lab.deploy.verify import (
-    OnnxRunner,
-    check_onnx,
-    check_real_images,
-    real_batches,
-    rel_l2,
-    run_torch,
-    synthetic_batch,
-)
+from repvgg_lab.deploy.verify import check_onnx, real_loaders, rel_l2, synthetic_batch
 from repvgg_lab.errors import DeployError, PruningError
 from repvgg_lab.models import DriftReport, measure_drift
 from repvgg_lab.prune import prune_and_measure
 from repvgg_lab.reparam import rel_max, top1_agree
 from repvgg_lab.reparam import tolerance as default_tolerance
+from repvgg_lab.runtime import OnnxRunner, evaluate_stream, run_torch, torch_fn
+from repvgg_lab.runtime.export import (
+    check_exported_graph,
+    export_onnx,
+    export_program,
+    load_program,
+)
 from repvgg_lab.utils import count_macs, count_params, machine_load, measure_latency
 
 log = logging.getLogger(__name__)
+
+TRUTH = "fp64"  # the float64 evaluation of the reference net, among the streamed nets
 
 
 def _over(checks: dict[str, float], tolerance: float) -> dict[str, float]:
@@ -96,17 +92,20 @@ class Verified:
     truth: Tensor  # the reference net's float64 outputs on it
     drift: DriftReport
     hint: str  # appended to drift errors when float64 activations underflow the dtype
-    real: dict[str, tuple[Tensor, Tensor]]  # "val" (checks) / "train" (calibration) images
+    # Loaders of real images: "verify" (verify.size validation images to check the exports on),
+    # "train" (calibration), and with int8 the whole "val" and "test" splits ("test" left out
+    # when it is the validation folder itself).
+    real: dict[str, DataLoader]
 
     @property
-    def images(self) -> tuple[Tensor, Tensor] | None:
+    def images(self) -> DataLoader | None:
         """Real validation images and labels to check the exports on (None: no verify.data)."""
-        return self.real.get("val")
+        return self.real.get("verify")
 
     @property
-    def calibration(self) -> Tensor | None:
+    def calibration(self) -> DataLoader | None:
         """Real training images that recalibrate lossy pruning (None: none asked for)."""
-        return self.real["train"][0] if "train" in self.real else None
+        return self.real.get("train")
 
 
 def verify(loaded: Loaded, options: DeployOptions) -> Verified:
@@ -123,17 +122,19 @@ def verify(loaded: Loaded, options: DeployOptions) -> Verified:
         else ""
     )
     _gate({"plain net": drift.deploy_rel_max}, loaded.tolerance, hint)
-    sizes: dict[str, int | None] = {"val": options.verify_size} if options.verify_data else {}
+    requests: dict[str, tuple[str, int | None]] = {}
+    if options.verify_data:
+        requests["verify"] = ("val", options.verify_size)
     if options.quantize is not None:
         # int8 accuracy is measured on whole splits, never on the calibration images.
-        sizes.update(val=None, test=None)
+        requests.update(val=("val", None), test=("test", None))
     if options.calibration_images:
         # Calibration on training images: the validation images verify the result, unseen.
-        sizes["train"] = options.calibration_images
+        requests["train"] = ("train", options.calibration_images)
     real = {}
     if options.verify_data:
-        data, root = options.verify_data, options.verify_root
-        real = real_batches(data, root, size, src.in_channels, sizes)
+        data, root, batch = options.verify_data, options.verify_root, options.verify_batch
+        real = real_loaders(data, root, size, src.in_channels, requests, batch, options.workers)
     return Verified(x, truth, drift, hint, real)
 
 
@@ -166,10 +167,8 @@ def prune(loaded: Loaded, verified: Verified, options: DeployOptions) -> Pruned:
     pruning, src = options.prune_timing, loaded.src
     if pruning is None:
         return Pruned(src, verified.truth)
-    calibration = verified.calibration
-    batches = calibration.split(options.verify_batch) if calibration is not None else None
     try:
-        result = prune_and_measure(src.plain, pruning, loaded.input_size, batches)
+        result = prune_and_measure(src.plain, pruning, loaded.input_size, verified.calibration)
     except PruningError as err:
         raise DeployError(f"cannot prune {src.model_name}: {err}") from None
     net = result.net.eval()
@@ -266,17 +265,21 @@ def _nets(pruned: Pruned, runner: OnnxRunner) -> dict[str, Any]:
     return {k: v for k, v in nets.items() if v is not None}
 
 
-def _real_images(pruned: Pruned, runner: OnnxRunner, images: tuple[Tensor, Tensor]) -> dict:
-    """Top-1 agreement with the float64 truth and accuracy of every net on real images."""
-    x, labels = images
-    outputs = {
-        k: net(x) if k == "onnx" else run_torch(net, x) for k, net in _nets(pruned, runner).items()
-    }
+def _real_images(pruned: Pruned, runner: OnnxRunner, images: DataLoader) -> dict[str, float]:
+    """Top-1 agreement with the float64 truth and accuracy of every net on real images,
+    streamed batch by batch."""
+    fns = {k: net if k == "onnx" else torch_fn(net) for k, net in _nets(pruned, runner).items()}
     # The float64 truth is the source, or the plain net as loaded when there is no source.
     src = pruned.src
     reference = next(n for n in (src.trained, pruned.unpruned, src.plain) if n is not None)
-    truth = run_torch(reference, x, torch.float64)
-    return check_real_images(outputs, truth, labels)
+    fns[TRUTH] = torch_fn(reference, torch.float64)
+    result = evaluate_stream(fns, images, reference=TRUTH, desc="verify on real images")
+    metrics: dict[str, float] = {"verify/images": result.images}
+    for name in fns:
+        if name != TRUTH:
+            metrics[f"verify/top1_agree/{name}"] = result.top1_agree[name]
+            metrics[f"verify/acc/{name}"] = result.acc[name]
+    return metrics
 
 
 def _latency(

@@ -1,21 +1,20 @@
-"""Numeric checks of the exports: ONNX Runtime vs PyTorch vs the float64 truth, and real images."""
+"""Numeric checks of the exports: ONNX Runtime vs PyTorch vs the float64 truth, and loaders of
+real images to measure them on."""
 
 from __future__ import annotations
 
-import copy
 import logging
+import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from repvgg_lab.deploy.export import ONNX_INPUT
 from repvgg_lab.errors import DeployError, InputError
-from repvgg_lab.reparam import compare, rel_max, top1_agree
-from repvgg_lab.utils import evaluating, exact_fp32
+from repvgg_lab.reparam import compare, rel_max
+from repvgg_lab.runtime import OnnxRunner, run_torch
 
 log = logging.getLogger(__name__)
 
@@ -30,47 +29,6 @@ def synthetic_batch(batch: int, in_channels: int, input_size: int, seed: int | N
     else:
         gen.seed()
     return torch.randn(batch, in_channels, input_size, input_size, generator=gen)
-
-
-@torch.no_grad()
-def run_torch(net: nn.Module, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Eval-mode forward, in `dtype` (a float64 copy of the net when asked) with TF32 off."""
-    if dtype is not None and dtype != next(net.parameters()).dtype:
-        net = copy.deepcopy(net).to(dtype)
-    dtype = next(net.parameters()).dtype
-    with exact_fp32(), evaluating(net):
-        return net(x.to(dtype))
-
-
-# x86 CPUs without VNNI run ONNX Runtime's u8 x s8 integer kernels on vpmaddubsw, which adds
-# adjacent products in int16 with saturation; the int8 answers then depend on the CPU (on the
-# digits net of the tests, emulated: up to 66 of 269 images lost with per-channel weights).
-# With this entry ONNX Runtime computes weights outside [-64, 63] in u8 x u8 there, exactly;
-# on VNNI CPUs (and for float models) it changes nothing.
-EXACT_INT8 = ("session.x64quantprecision", "1")
-
-
-class OnnxRunner:
-    """An ONNX Runtime CPU session over an exported model, called like a module on tensors;
-    int8 models compute exactly on every x86 CPU (`EXACT_INT8`)."""
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        # Same thread count as PyTorch so the latency comparison is like for like.
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry(*EXACT_INT8)
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-
-    def run_numpy(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {ONNX_INPUT: x})[0]
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return torch.from_numpy(self.run_numpy(x.detach().to(torch.float32).cpu().numpy()))
 
 
 def rel_l2(ref: Tensor, out: Tensor) -> float:
@@ -131,16 +89,21 @@ def check_verify_data(data: str | None, root: str | None) -> None:
         raise DeployError("verify.data=imagenet needs verify.root=<folder with train/ and val/>")
 
 
-def real_batches(
+def real_loaders(
     data: str,
     root: str | None,
     input_size: int,
     in_channels: int,
-    sizes: Mapping[str, int | None],
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """For each split in `sizes` ("train", "val", ...), that many images and labels (eval
-    transforms; None: the whole split) from the `digits` or `imagenet` data module, which is
-    set up once."""
+    requests: Mapping[str, tuple[str, int | None]],
+    batch: int,
+    workers: int | None = None,
+) -> dict[str, DataLoader]:
+    """For each name in `requests`, mapped to (split, n), a loader of n evenly spaced images and
+    labels of that split ("train", "val" or "test"; eval transforms; n None: the whole split) in
+    batches of `batch`, decoded by `workers` processes (None: the data module's own count, at
+    most the CPUs), from the `digits` or `imagenet` data module, set up once. A request for the
+    test split that the validation split itself serves (an ImageNet folder without test/), in
+    the same size as one for val, is left out: that folder is read once, as val."""
     check_verify_data(data, root)
     try:
         from repvgg_lab import data as datamodules
@@ -152,24 +115,21 @@ def real_batches(
         else:
             module = datamodules.ImageNetDataModule(root=root, img_size=input_size)
         module.setup()
-        batches = {split: module.fixed_batch(split=split, size=n) for split, n in sizes.items()}
+        if workers is None:
+            workers = min(module.num_workers, os.cpu_count() or 1)
+        vals = {n for split, n in requests.values() if split == "val"}
+        loaders = {
+            name: module.fixed_loader(split, n, batch, workers)
+            for name, (split, n) in requests.items()
+            if not (split == "test" and n in vals and module.same_samples("test", "val"))
+        }
+        channels = {int(loader.dataset[0][0].shape[0]) for loader in loaders.values()}
     except (InputError, FileNotFoundError, ValueError) as err:
         # The data modules report a bad root or option as a ValueError (DataRootError).
         raise DeployError(f"verify.data={data}: {err}") from None
-    wrong = {x.shape[1] for x, _ in batches.values()} - {in_channels}
+    wrong = channels - {in_channels}
     if wrong:
         raise DeployError(
             f"verify.data={data} gives {wrong.pop()}-channel images but the net takes {in_channels}"
         )
-    return batches
-
-
-def check_real_images(
-    outputs: dict[str, Tensor], truth: Tensor, labels: Tensor
-) -> dict[str, float]:
-    """Top-1 agreement of each output with the float64 truth, and accuracy on the labels."""
-    metrics: dict[str, float] = {"verify/images": int(labels.shape[0])}
-    for name, y in outputs.items():
-        metrics[f"verify/top1_agree/{name}"] = top1_agree(truth, y)
-        metrics[f"verify/acc/{name}"] = float((y.argmax(dim=1) == labels).double().mean())
-    return metrics
+    return loaders

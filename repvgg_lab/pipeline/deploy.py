@@ -56,6 +56,7 @@ def deploy_options(c: dict[str, Any]) -> DeployOptions:
         verify_root=verify["root"],
         verify_size=verify["size"],
         verify_batch=verify["batch"],
+        workers=verify.get("workers"),
         opset=c["export"]["opset"],
         seed=c["seed"],
         threads=c["threads"],

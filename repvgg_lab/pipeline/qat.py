@@ -30,27 +30,32 @@ def run_qat(
     finetune: DictConfig, options: QuantOptions, datamodule: Any, plain: nn.Module, out: Path
 ) -> dict[str, Any]:
     """QAT of `plain` for `finetune.epochs` epochs at `finetune.qat_lr`; the int8 model's
-    accuracy on the whole val and test splits, its agreement with `plain` (the net before
-    fine-tuning: what PTQ would have quantized) and the per-layer report."""
+    accuracy on the whole val and test splits (streamed from the data module's loaders), its
+    agreement with `plain` (the net before fine-tuning: what PTQ would have quantized) and the
+    per-layer report."""
     dm = datamodule
-    calibration = dm.fixed_batch("train", options.calibration_batches * dm.batch_size)[0]
+    calibration = dm.fixed_loader("train", options.calibration_batches * dm.batch_size)
     epochs, lr = int(finetune.epochs), float(finetune.qat_lr)
     tuned = qat_finetune(
         plain.cpu(), dm.train_dataloader(), epochs, lr, options, calibration_images=calibration
     )
-    val, test = dm.fixed_batch("val", None), dm.fixed_batch("test", None)
     metrics = int8_deploy(
         tuned,
         out,
         calibration,
-        *val,
+        dm.fixed_loader("val"),
+        None,
         options,
         split="val",
         reference=plain,
         prefix="quant/qat",
         files=QAT_FILES,
     )
-    on_test = evaluate_int8(out / QAT_FILES[0], plain, *test, split="test", prefix="quant/qat")
-    metrics["quant/qat/test/acc"] = on_test["quant/qat/test/acc"]
+    if dm.same_samples("test", "val"):  # one folder serves both: read it once
+        metrics["quant/qat/test/acc"] = metrics["quant/qat/val/acc"]
+    else:
+        test = dm.fixed_loader("test")
+        on_test = evaluate_int8(out / QAT_FILES[0], plain, test, split="test", prefix="quant/qat")
+        metrics["quant/qat/test/acc"] = on_test["quant/qat/test/acc"]
     log.info("QAT int8 model: %s", out / QAT_FILES[0])
     return metrics

@@ -198,8 +198,7 @@ def _prune(
     calibration = None
     if options.calibration_batches:
         # The same training images (eval transforms) every time: reruns prune alike.
-        images, _ = dm.fixed_batch("train", options.calibration_batches * dm.batch_size)
-        calibration = images.split(dm.batch_size)
+        calibration = dm.fixed_loader("train", options.calibration_batches * dm.batch_size)
     result = prune_and_measure(plain, options, dm.img_size, calibration)
     metrics = {k: float(v) for k, v in result.metrics.items()}
     for stage in ("val", "test"):  # the images the Trainer measures the other nets on

@@ -1,18 +1,20 @@
 """Per-layer int8 diagnostics: which conv of a plain net breaks int8, and why.
 
 Each layer is quantized in PyTorch on ONNX Runtime's QDQ grids (symmetric int8 weights per
-output channel or per tensor, uint8 activations with min/max ranges from the calibration batch;
+output channel or per tensor, uint8 activations with min/max ranges from the calibration images;
 the tests check both grids against the int8 ONNX model) and fed the fp32 input of that layer, so
 its SQNR measures that layer's own damage, not what earlier layers passed on (reading ONNX
 Runtime's intermediate outputs would mix both and depends on node names). SQNRs with only the
 weights or only the input activation quantized tell which of the two is the cause; the
-whole-tensor weight measures show why. Activation ranges are the calibration batch's min/max
-whatever `QuantOptions.method` is (the percentile and entropy methods give ONNX Runtime narrower
-ranges, hence slightly other errors)."""
+whole-tensor weight measures show why. Activation ranges are the min/max over the report's images
+(a first pass over the batches; a second accumulates the error sums, so nothing grows with the
+image count) whatever `QuantOptions.method` is (the percentile and entropy methods give ONNX
+Runtime narrower ranges, hence slightly other errors)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,12 @@ from torch import Tensor, nn
 
 from repvgg_lab.fileio import write_json
 from repvgg_lab.models.plain import PlainLayer
+from repvgg_lab.quant.calibration import CalibrationBatches
 from repvgg_lab.quant.fakequant import (
     channel_sqnr_db,
     fake_quant_act,
     fake_quant_weight,
+    noise_and_signal,
     sqnr_db,
 )
 from repvgg_lab.quant.options import QuantOptions
@@ -60,29 +64,67 @@ def _conv(layer: PlainLayer, x: Tensor, weight: Tensor) -> Tensor:
     return F.conv2d(x, weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
 
-def _layer_rows(layer: PlainLayer, x: Tensor, per_channel: bool) -> dict[str, float]:
-    """SQNRs of one layer's output (after activation) against fp32, given its fp32 input."""
-    w = layer.conv.weight
-    wq = fake_quant_weight(w, per_channel)
-    xq = fake_quant_act(x, float(x.min()), float(x.max()))
-    ref = layer.pool(layer.act(_conv(layer, x, w)))
-    low, high = float(ref.min()), float(ref.max())
+def _out(layer: PlainLayer, x: Tensor, weight: Tensor) -> Tensor:
+    """The layer's output (conv with `weight`, activation, pooling) in fp32."""
+    return layer.pool(layer.act(_conv(layer, x, weight)))
 
-    def out(inp: Tensor, weight: Tensor) -> Tensor:
-        """The layer on `inp` with `weight`, its output on the uint8 grid of the fp32 range."""
-        return fake_quant_act(layer.pool(layer.act(_conv(layer, inp, weight))), low, high)
 
-    full = out(xq, wq)
-    return {
-        "sqnr_db": channel_sqnr_db(ref, full),
-        "sqnr_tensor_db": sqnr_db(ref, full),
-        "sqnr_weights_only_db": channel_sqnr_db(ref, layer.pool(layer.act(_conv(layer, x, wq)))),
-        "sqnr_input_only_db": channel_sqnr_db(ref, layer.pool(layer.act(_conv(layer, xq, w)))),
-        "input_min": float(x.min()),
-        "input_max": float(x.max()),
-        "output_min": low,
-        "output_max": high,
-    }
+def _extend(ranges: list[tuple[float, float]], i: int, t: Tensor) -> None:
+    """Widen ranges[i] to hold the values of `t`."""
+    low, high = ranges[i]
+    ranges[i] = (min(low, float(t.min())), max(high, float(t.max())))
+
+
+Ranges = list[tuple[float, float]]
+
+
+def _ranges(layers: list[PlainLayer], batches: Iterable[Tensor]) -> tuple[Ranges, Ranges]:
+    """First pass: every layer's fp32 input and output range over all batches."""
+    inputs: Ranges = [(math.inf, -math.inf)] * len(layers)
+    outputs: Ranges = list(inputs)
+    for x in batches:
+        for i, layer in enumerate(layers):
+            _extend(inputs, i, x)
+            x = _out(layer, x, layer.conv.weight)
+            _extend(outputs, i, x)
+    return inputs, outputs
+
+
+KINDS = ("full", "weights_only", "input_only", "chain")
+Sums = dict[str, tuple[Tensor, Tensor]]
+
+
+def _sums(
+    layers: list[PlainLayer],
+    batches: Iterable[Tensor],
+    inputs: Ranges,
+    outputs: Ranges,
+    per_channel: bool,
+) -> list[Sums]:
+    """Second pass: per layer and kind of quantization (`KINDS`: input and weights, weights
+    only, input only, and int8 all the way up to the layer), the per-channel noise and signal
+    sums against the fp32 output, the activations on the uint8 grids of the first pass."""
+    weights = [fake_quant_weight(layer.conv.weight, per_channel) for layer in layers]
+    sums: list[Sums] = [{} for _ in layers]
+
+    def add(i: int, kind: str, ref: Tensor, quantized: Tensor) -> None:
+        noise, signal = noise_and_signal(ref, quantized)
+        old = sums[i].get(kind)
+        sums[i][kind] = (noise, signal) if old is None else (old[0] + noise, old[1] + signal)
+
+    for x in batches:
+        chain = fake_quant_act(x, *inputs[0])
+        for i, layer in enumerate(layers):
+            w, wq, out_range = layer.conv.weight, weights[i], outputs[i]
+            xq = fake_quant_act(x, *inputs[i])
+            ref = _out(layer, x, w)
+            add(i, "full", ref, fake_quant_act(_out(layer, xq, wq), *out_range))
+            add(i, "weights_only", ref, _out(layer, x, wq))
+            add(i, "input_only", ref, _out(layer, xq, w))
+            chain = fake_quant_act(_out(layer, chain, wq), *out_range)
+            add(i, "chain", ref, chain)
+            x = ref
+    return sums
 
 
 def _cause(row: dict[str, Any]) -> str:
@@ -95,31 +137,49 @@ def _cause(row: dict[str, Any]) -> str:
     return f"input activation range [{row['input_min']:.3g}, {row['input_max']:.3g}]"
 
 
+def _passes(
+    calibration: Tensor | CalibrationBatches, limit: int | None
+) -> Callable[[], Iterable[Tensor]]:
+    """A fresh pass over the report's images on every call (at most `limit` of them)."""
+    if isinstance(calibration, Tensor):
+        x = (calibration if limit is None else calibration[:limit]).float()
+        return lambda: [x]
+    return lambda: calibration.head(limit) if limit is not None else iter(calibration)
+
+
 @torch.no_grad()
 def layer_report(
-    net: nn.Module, calibration_images: Tensor, options: QuantOptions | None = None
+    net: nn.Module,
+    calibration_images: Tensor | CalibrationBatches,
+    options: QuantOptions | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per conv layer, worst int8 SQNR first (rank 1): SQNRs in dB (`sqnr_db` weighs
     every output channel alike, `sqnr_tensor_db` is over the whole tensor), the weight outlier
     measures, the activation ranges, the chained SQNR (int8 up to and including the layer) and a
-    one-line `cause`."""
+    one-line `cause`. Over the first `limit` calibration images (all: None), read in two passes
+    batch by batch (ranges, then error sums), so memory holds one batch's activations."""
     options = options or QuantOptions()
-    plain = as_plain(net).float()
-    x = calibration_images.float()
-    chain = fake_quant_act(x, float(x.min()), float(x.max()))
+    layers = list(as_plain(net).float().features)
+    passes = _passes(calibration_images, limit)
+    inputs, outputs = _ranges(layers, passes())
+    if not layers or inputs[0][0] > inputs[0][1]:
+        raise ValueError("layer_report needs a net with conv layers and at least one image")
+    sums = _sums(layers, passes(), inputs, outputs, options.per_channel)
     rows = []
-    for i, layer in enumerate(plain.features):
+    for i, layer in enumerate(layers):
         c = layer.conv
         row: dict[str, Any] = {"layer": i, "name": f"features.{i}"}
         row["shape"] = [c.out_channels, c.in_channels // c.groups, *c.kernel_size]
         row["groups"] = c.groups
-        row.update(_layer_rows(layer, x, options.per_channel))
+        row["sqnr_db"] = channel_sqnr_db(*sums[i]["full"])
+        row["sqnr_tensor_db"] = sqnr_db(*sums[i]["full"])
+        row["sqnr_weights_only_db"] = channel_sqnr_db(*sums[i]["weights_only"])
+        row["sqnr_input_only_db"] = channel_sqnr_db(*sums[i]["input_only"])
+        row.update(zip(("input_min", "input_max"), inputs[i], strict=True))
+        row.update(zip(("output_min", "output_max"), outputs[i], strict=True))
         row.update(weight_outliers(c.weight))
-        x = layer(x)
-        wq = fake_quant_weight(c.weight, options.per_channel)
-        chain = layer.pool(layer.act(_conv(layer, chain, wq)))
-        chain = fake_quant_act(chain, row["output_min"], row["output_max"])
-        row["sqnr_chain_db"] = channel_sqnr_db(x, chain)
+        row["sqnr_chain_db"] = channel_sqnr_db(*sums[i]["chain"])
         row["cause"] = _cause(row)
         row["weights"] = "per-channel" if options.per_channel else "per-tensor"
         rows.append(row)

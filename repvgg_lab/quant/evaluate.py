@@ -1,25 +1,19 @@
-"""Int8 accuracy and agreement with fp32, measured in ONNX Runtime, and interleaved int8-vs-fp32
-latency."""
+"""Int8 accuracy and agreement with fp32, measured in ONNX Runtime over a stream of batches, and
+interleaved int8-vs-fp32 latency."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from repvgg_lab.deploy.verify import OnnxRunner, run_torch
-from repvgg_lab.reparam import rel_max, top1_agree
+from repvgg_lab.runtime import OnnxRunner, evaluate_stream, torch_fn
 from repvgg_lab.utils import measure_latency, paired_ratio
 
 log = logging.getLogger(__name__)
-
-
-def run_batched(fn: Callable[[Tensor], Tensor], images: Tensor, batch: int = 256) -> Tensor:
-    """`fn` over `images` in chunks of `batch`, outputs concatenated."""
-    return torch.cat([fn(chunk) for chunk in torch.split(images, batch)])
 
 
 def _reference_fn(reference: OnnxRunner | nn.Module | str | Path) -> Callable[[Tensor], Tensor]:
@@ -27,38 +21,42 @@ def _reference_fn(reference: OnnxRunner | nn.Module | str | Path) -> Callable[[T
     if isinstance(reference, str | Path):
         reference = OnnxRunner(reference)
     if isinstance(reference, nn.Module):
-        module = reference
-        return lambda x: run_torch(module, x).float()
+        forward = torch_fn(reference)
+        return lambda x: forward(x).float()
     return reference
 
 
 def evaluate_int8(
     int8_path: str | Path,
     reference: OnnxRunner | nn.Module | str | Path,
-    images: Tensor,
-    labels: Tensor,
+    images: Tensor | Iterable[tuple[Tensor, Tensor]],
+    labels: Tensor | None = None,
     split: str = "test",
     prefix: str = "quant/int8",
 ) -> dict[str, float]:
-    """Accuracy of the int8 model on all of `images` (`<prefix>/<split>/acc`), its top-1
+    """Accuracy of the int8 model on every image (`<prefix>/<split>/acc`; `images` and
+    `labels` tensors, or `images` a loader of (images, labels) batches, streamed), its top-1
     agreement and max|err|/max|ref| against the fp32 `reference` (an ONNX runner or path, or
-    the torch net), and the reference's own accuracy (`quant/fp32/<split>/acc`)."""
-    int8 = run_batched(OnnxRunner(int8_path), images)
-    ref = run_batched(_reference_fn(reference), images)
-    labels = labels.to(int8.device)
+    the torch net), the reference's own accuracy (`quant/fp32/<split>/acc`) and how many
+    images were measured (`<prefix>/images`)."""
+    data = (images, labels) if labels is not None else images
+    nets = {"int8": OnnxRunner(int8_path), "fp32": _reference_fn(reference)}
+    result = evaluate_stream(nets, data, reference="fp32", desc=f"{prefix} on {split}")
     metrics = {
-        f"{prefix}/{split}/acc": float((int8.argmax(dim=1) == labels).double().mean()),
-        f"{prefix}/top1_agree": top1_agree(ref, int8),
-        f"{prefix}/rel_max": rel_max(ref, int8),
-        f"quant/fp32/{split}/acc": float((ref.argmax(dim=1) == labels).double().mean()),
+        f"{prefix}/{split}/acc": result.acc["int8"],
+        f"{prefix}/top1_agree": result.top1_agree["int8"],
+        f"{prefix}/rel_max": result.rel_max["int8"],
+        f"quant/fp32/{split}/acc": result.acc["fp32"],
+        f"{prefix}/images": result.images,
     }
     log.info(
-        "%s: %s acc %.4f (fp32 %.4f), top-1 agreement %.4f",
+        "%s: %s acc %.4f (fp32 %.4f), top-1 agreement %.4f on %d images",
         prefix,
         split,
         metrics[f"{prefix}/{split}/acc"],
         metrics[f"quant/fp32/{split}/acc"],
         metrics[f"{prefix}/top1_agree"],
+        result.images,
     )
     return metrics
 

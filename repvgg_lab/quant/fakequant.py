@@ -53,25 +53,28 @@ def fake_quant_act(x: Tensor, low: float, high: float) -> Tensor:
     )
 
 
-def sqnr_db(reference: Tensor, quantized: Tensor) -> float:
-    """Signal-to-quantization-noise ratio 10·log10(Σref² / Σ(ref − q)²) in dB (inf if exact)."""
-    ref = reference.detach().double()
-    noise = float((quantized.detach().double() - ref).pow(2).sum())
-    signal = float(ref.pow(2).sum())
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
-
-
-def channel_sqnr_db(reference: Tensor, quantized: Tensor) -> float:
-    """SQNR with every channel (dim 1) weighted alike: -10·log10 of the mean over channels of
-    noise_c / signal_c (channels that are exactly zero in fp32 and int8 are left out), so a few
-    large channels cannot hide the damage done to all the others."""
+def noise_and_signal(reference: Tensor, quantized: Tensor) -> tuple[Tensor, Tensor]:
+    """Per channel (dim 1), Σ(ref − q)² and Σref² in float64: sums that add up over batches."""
     ref = reference.detach().double().transpose(0, 1).flatten(1)
     noise = (quantized.detach().double().transpose(0, 1).flatten(1) - ref).pow(2).sum(dim=1)
-    signal = ref.pow(2).sum(dim=1)
+    return noise, ref.pow(2).sum(dim=1)
+
+
+def sqnr_db(noise: Tensor, signal: Tensor) -> float:
+    """Signal-to-quantization-noise ratio 10·log10(Σref² / Σ(ref − q)²) in dB over the whole
+    tensor, from `noise_and_signal`'s per-channel sums (inf if exact)."""
+    total_noise, total_signal = float(noise.sum()), float(signal.sum())
+    if total_noise == 0.0:
+        return math.inf
+    if total_signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(total_signal / total_noise)
+
+
+def channel_sqnr_db(noise: Tensor, signal: Tensor) -> float:
+    """SQNR with every channel weighted alike: -10·log10 of the mean over channels of
+    noise_c / signal_c (channels that are exactly zero in fp32 and int8 are left out), so a few
+    large channels cannot hide the damage done to all the others; from per-channel sums."""
     live = (signal > 0) | (noise > 0)
     if not bool(live.any()) or float(noise[live].sum()) == 0.0:
         return math.inf

@@ -4,21 +4,22 @@ calibrated on real images. Every file is written atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from repvgg_lab.deploy.export import ONNX_INPUT, export_onnx
 from repvgg_lab.errors import QuantizationError
 from repvgg_lab.fileio import atomic_path
+from repvgg_lab.quant.calibration import CalibrationBatches, Source, calibration_reader
 from repvgg_lab.quant.options import QuantOptions
+from repvgg_lab.runtime.export import export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -34,44 +35,15 @@ def _calibration_method(name: str) -> Any:
     }[name]
 
 
-def calibration_chunks(images: Tensor, batches: int) -> tuple[Tensor, ...]:
-    """`images` in the `batches` chunks calibration reads, every image in one of them."""
-    if images.ndim != 4 or images.shape[0] < batches:
-        raise QuantizationError(
-            f"calibration needs a (N, C, H, W) image batch with N >= quantize.calibration_batches"
-            f"={batches}, got shape {tuple(images.shape)}"
-        )
-    return torch.tensor_split(images, batches)
-
-
-def calibration_reader(images: Tensor, batches: int, input_name: str = ONNX_INPUT) -> Any:
-    """An ONNX Runtime `CalibrationDataReader` that feeds `images` in `batches` chunks."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    chunks = [c.detach().float().cpu().numpy() for c in calibration_chunks(images, batches)]
-
-    class _Reader(CalibrationDataReader):
-        """Yields {input_name: chunk} once per chunk, then None."""
-
-        def __init__(self) -> None:
-            """Start at the first chunk."""
-            self._items = iter(chunks)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            """The next chunk as an ONNX Runtime feed, None when done."""
-            chunk = next(self._items, None)
-            return None if chunk is None else {input_name: chunk}
-
-        def rewind(self) -> None:
-            """Start again from the first chunk (calibrators may read twice)."""
-            self._items = iter(chunks)
-
-    return _Reader()
-
-
 def _extra_options(options: QuantOptions) -> dict[str, object]:
     """`quantize_static` extra options: symmetric weights, asymmetric activations, percentile."""
-    extra: dict[str, object] = {"WeightSymmetric": True, "ActivationSymmetric": False}
+    # One batch per calibration step: ONNX Runtime then keeps one batch's intermediate outputs
+    # at a time (folded into running min/max, or into histograms), not every batch's.
+    extra: dict[str, object] = {
+        "WeightSymmetric": True,
+        "ActivationSymmetric": False,
+        "CalibStridedMinMax": 1,
+    }
     if options.method == "percentile":
         extra["CalibPercentile"] = float(options.percentile)
     return extra
@@ -92,16 +64,16 @@ def static_arguments(options: QuantOptions) -> dict[str, Any]:
     }
 
 
-def applied_settings(options: QuantOptions, calibration_images: Tensor) -> dict[str, Any]:
+def applied_settings(options: QuantOptions, calibration: Source) -> dict[str, Any]:
     """The quantization as applied, for reports: every option, the calibration images used
     (count and per-batch sizes) and ONNX Runtime's `quantize_static` arguments by name."""
-    sizes = [len(c) for c in calibration_chunks(calibration_images, options.calibration_batches)]
+    batches = CalibrationBatches(calibration, options.calibration_batches)
     # ONNX Runtime's enums by name, so the record is plain JSON.
     ort_args = {k: getattr(v, "name", v) for k, v in static_arguments(options).items()}
     return {
         **dataclasses.asdict(options),
-        "calibration_images": int(calibration_images.shape[0]),
-        "calibration_batch_sizes": sizes,
+        "calibration_images": batches.images,
+        "calibration_batch_sizes": batches.sizes,
         "onnxruntime": ort_args,
     }
 
@@ -138,10 +110,12 @@ def check_qdq(proto: onnx.ModelProto) -> dict[str, int]:
 def quantize_onnx(
     fp32_onnx_path: str | Path,
     int8_path: str | Path,
-    calibration_images: Tensor,
+    calibration_images: Source | CalibrationBatches,
     options: QuantOptions | None = None,
 ) -> Path:
-    """Quantize the fp32 ONNX model to a QDQ int8 model at `int8_path` (atomically)."""
+    """Quantize the fp32 ONNX model to a QDQ int8 model at `int8_path` (atomically), its
+    activation ranges calibrated on `options.calibration_batches` batches of
+    `calibration_images` (a tensor, or a DataLoader read batch by batch)."""
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -150,24 +124,22 @@ def quantize_onnx(
         raise QuantizationError(
             "quantize.equalize changes the torch net before export: use quantize_net(net, ...)"
         )
-    reader = calibration_reader(calibration_images, options.calibration_batches)
+    batches = CalibrationBatches(calibration_images, options.calibration_batches)
+    reader = calibration_reader(batches)
     with tempfile.TemporaryDirectory(prefix="repvgg_quant_") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_onnx_path), str(pre))
+        # ONNX Runtime's histogram calibrators print a line per step; the log line below says it.
         with atomic_path(int8_path) as out:
-            quantize_static(
-                str(pre),
-                str(out),
-                reader,
-                **static_arguments(options),
-            )
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(str(pre), str(out), reader, **static_arguments(options))
             check_qdq(onnx.load(str(out)))
     log.info(
         "int8 %s (%s, %s weights, %d calibration images)",
         int8_path,
         options.method,
         "per-channel" if options.per_channel else "per-tensor",
-        calibration_images.shape[0],
+        batches.images,
     )
     return Path(int8_path)
 
@@ -175,7 +147,7 @@ def quantize_onnx(
 def quantize_net(
     net: nn.Module,
     int8_path: str | Path,
-    calibration_images: Tensor,
+    calibration_images: Source | CalibrationBatches,
     options: QuantOptions | None = None,
 ) -> Path:
     """Equalize `net` if `options.equalize`, export it to fp32 ONNX (a temporary file) and
@@ -190,5 +162,6 @@ def quantize_net(
     plain_options = dataclasses.replace(options, equalize=False)
     with tempfile.TemporaryDirectory(prefix="repvgg_quant_") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        export_onnx(plain, fp32, calibration_images[:1].float())
+        example = next(iter(CalibrationBatches(calibration_images, 1).head(1)))
+        export_onnx(plain, fp32, example)
         return quantize_onnx(fp32, int8_path, calibration_images, plain_options)

@@ -90,6 +90,17 @@ def _images(batch: object) -> tuple[Tensor, Tensor]:
     return batch[0], batch[1]
 
 
+def _calibration_batches(
+    calibration: Tensor | Iterable | None, train_loader: Iterable
+) -> Iterable[Tensor]:
+    """The images that start the observers, as float batches."""
+    if calibration is None:
+        return [_images(next(iter(train_loader)))[0].float()]
+    if isinstance(calibration, Tensor):
+        return torch.split(calibration.float(), 64)
+    return ((b[0] if isinstance(b, list | tuple) else b).float() for b in calibration)
+
+
 def qat_finetune(
     net: nn.Module,
     train_loader: Iterable,
@@ -97,20 +108,18 @@ def qat_finetune(
     lr: float = 1e-4,
     options: QuantOptions | None = None,
     weight_decay: float = 0.0,
-    calibration_images: Tensor | None = None,
+    calibration_images: Tensor | Iterable | None = None,
 ) -> PlainNet:
     """A new fp32 PlainNet fine-tuned (Adam, cross-entropy) through int8 fake quantization with
     `options.per_channel` weights; `net` is untouched. Observers start from
-    `calibration_images` (else the first loader batch)."""
+    `calibration_images` (a tensor, or a loader of images or (images, labels) batches, read
+    batch by batch; else the first training batch)."""
     options = options or QuantOptions()
     if not isinstance(epochs, int) or epochs < 1 or not lr > 0:
         raise QuantizationError(f"QAT needs epochs >= 1 and lr > 0, got {epochs}, {lr}")
     plain = copy.deepcopy(as_plain(net)).float()
     model = FakeQuantNet(plain, options.per_channel)
-    first = calibration_images
-    if first is None:
-        first = _images(next(iter(train_loader)))[0]
-    model.calibrate(torch.split(first.float(), 64))
+    model.calibrate(_calibration_batches(calibration_images, train_loader))
     opt = torch.optim.Adam(plain.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
     for epoch in range(epochs):

@@ -17,11 +17,11 @@ import torch
 
 from repvgg_lab.data import DigitsDataModule
 from repvgg_lab.deploy import load_source
-from repvgg_lab.deploy.export import export_onnx
 from repvgg_lab.models import create_model, list_models, reparameterize
 from repvgg_lab.quant import QuantOptions, int8_deploy, int8_latency, layer_report, qat_finetune
 from repvgg_lab.quant.ptq import quantize_onnx
 from repvgg_lab.results import markdown_table
+from repvgg_lab.runtime.export import export_onnx
 from repvgg_lab.studies.common import run_config
 from repvgg_lab.utils import count_params
 

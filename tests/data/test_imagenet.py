@@ -112,3 +112,28 @@ def test_folder_without_images_or_classes(tmp_path: Path, imagenet_root: Path) -
 def test_val_classes_must_match_train(imagenet_root: Path, image_folder_writer: Callable) -> None:
     image_folder_writer(imagenet_root / "val", {"dog": 1})
     assert "extra ['dog']" in _error(imagenet_root)
+
+
+def test_fixed_loader_streams_the_fixed_batch_samples(imagenet_root: Path) -> None:
+    dm = _dm(imagenet_root)
+    for split, size in (("train", 5), ("val", None)):
+        x, y = dm.fixed_batch(split, size=size)
+        batches = list(dm.fixed_loader(split, size, batch_size=2, num_workers=0))
+        assert [len(b[1]) for b in batches][:-1] == [2] * (len(batches) - 1)
+        assert torch.equal(torch.cat([b[0] for b in batches]), x)
+        assert torch.equal(torch.cat([b[1] for b in batches]), y)
+
+
+def test_real_loaders_read_a_validation_folder_serving_as_test_once(
+    imagenet_root: Path, image_folder_writer
+) -> None:
+    from repvgg_lab.deploy.verify import real_loaders
+
+    requests = {"val": ("val", None), "test": ("test", None), "few": ("test", 2)}
+    without = real_loaders("imagenet", str(imagenet_root), 32, 3, requests, batch=4, workers=0)
+    # No root/test: the test split is val/, measured once (as val); a smaller test request is
+    # another set of images and stays.
+    assert sorted(without) == ["few", "val"] and len(without["val"].dataset) == 6
+    image_folder_writer(imagenet_root / "test", dict.fromkeys(("ant", "bee", "cat"), 1))
+    with_test = real_loaders("imagenet", str(imagenet_root), 32, 3, requests, batch=4, workers=0)
+    assert sorted(with_test) == ["few", "test", "val"] and len(with_test["test"].dataset) == 3

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from repvgg_lab.deploy import DeployError
-from repvgg_lab.deploy.export import check_plain_graph, export_onnx, op_counts
 from repvgg_lab.models import RepVGGBlock, reparameterize
+from repvgg_lab.runtime.export import check_plain_graph, export_onnx, op_counts
 from repvgg_lab.testing import randomize_bn
 
 

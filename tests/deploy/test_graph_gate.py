@@ -7,15 +7,15 @@ import pytest
 import torch
 import torchvision
 
-from repvgg_lab.deploy.export import (
+from repvgg_lab.errors import DeployError
+from repvgg_lab.models import create_model, reparameterize
+from repvgg_lab.runtime.export import (
     check_exported_graph,
     check_same_graph,
     conv_weight_shapes,
     onnx_graph,
     op_counts,
 )
-from repvgg_lab.errors import DeployError
-from repvgg_lab.models import create_model, reparameterize
 
 GREY = {"branches": "dbb", "in_channels": 1}
 X = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))

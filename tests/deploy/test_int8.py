@@ -15,9 +15,11 @@ import torch
 from repvgg_lab.deploy import deploy
 from repvgg_lab.deploy.int8 import quantize
 from repvgg_lab.deploy.options import DeployOptions
-from repvgg_lab.deploy.verify import EXACT_INT8, OnnxRunner, real_batches
+from repvgg_lab.deploy.verify import real_loaders
 from repvgg_lab.quant import QuantOptions
 from repvgg_lab.quant.ptq import check_qdq
+from repvgg_lab.runtime import OnnxRunner
+from repvgg_lab.runtime.runner import EXACT_INT8
 from tests.deploy.conftest import SIZE, lightning_checkpoint
 from tests.helpers.qdq import (
     fp32_weights,
@@ -81,7 +83,11 @@ def test_report_records_the_quantization_as_applied(int8_run) -> None:
             "activation_type": "QUInt8",
             "weight_type": "QInt8",
             "calibrate_method": "MinMax",
-            "extra_options": {"WeightSymmetric": True, "ActivationSymmetric": False},
+            "extra_options": {
+                "WeightSymmetric": True,
+                "ActivationSymmetric": False,
+                "CalibStridedMinMax": 1,  # one batch per calibration step: bounded memory
+            },
         },
     }
 
@@ -92,7 +98,8 @@ def test_the_written_model_shows_the_recorded_options(int8_run) -> None:
     # per_channel=false: one weight scale per Conv.
     assert all(s.shape == () for s in weight_scales(int8))
     # minmax on the 16 calibration images: the input grid spans exactly their range.
-    train = real_batches("digits", None, SIZE, 3, {"train": 16})["train"][0]
+    loader = real_loaders("digits", None, SIZE, 3, {"train": ("train", 16)}, batch=8)["train"]
+    train = torch.cat([x for x, _ in loader])
     scale, zero = uint8_range_qparams(float(train.min()), float(train.max()))
     assert input_qparams(int8) == (pytest.approx(scale, rel=1e-6), zero)
     # equalize=true: the int8 weights are rescaled, not the fp32 export's rounded to the grid
@@ -134,18 +141,25 @@ def test_more_calibration_batches_reach_a_larger_activation(tmp_path: Path) -> N
     assert grids[2][0] > 4 * grids[1][0] and grids[3] == grids[2]
 
 
+def whole_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images and labels of a digits split, as deploy reads them."""
+    loader = real_loaders("digits", None, SIZE, 3, {split: (split, None)}, batch=64)[split]
+    batches = list(loader)
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
 def test_reported_agreement_is_what_onnx_runtime_gives_on_the_whole_split(int8_run) -> None:
     report, out = int8_run
     m = report["metrics"]
-    images, labels = real_batches("digits", None, SIZE, 3, {"val": None})["val"]
+    images, labels = whole_split("val")
     int8 = OnnxRunner(out / "model.int8.onnx")(images).argmax(dim=1)
     fp32 = OnnxRunner(out / "model.onnx")(images).argmax(dim=1)
     assert m["quant/int8/top1_agree"] == pytest.approx(float((int8 == fp32).double().mean()))
     assert m["quant/int8/val/acc"] == pytest.approx(float((int8 == labels).double().mean()))
-    assert len(labels) == m["verify/images"]  # the whole validation split, not a subset
+    assert len(labels) == m["quant/int8/images"]  # the whole validation split, not a subset
     assert m["quant/latency/b1/int8_over_fp32"] > 0
     assert len(labels) == 269  # digits' validation split
-    images, labels = real_batches("digits", None, SIZE, 3, {"test": None})["test"]
+    images, labels = whole_split("test")
     int8 = OnnxRunner(out / "model.int8.onnx")(images).argmax(dim=1)
     assert m["quant/int8/test/acc"] == pytest.approx(float((int8 == labels).double().mean()))
 

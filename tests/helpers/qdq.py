@@ -12,8 +12,8 @@ import onnxruntime
 import torch
 from onnx import numpy_helper
 
-from repvgg_lab.deploy.verify import EXACT_INT8
 from repvgg_lab.models.plain import PlainNet
+from repvgg_lab.runtime.runner import EXACT_INT8
 
 
 def producers(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

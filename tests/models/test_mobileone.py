@@ -12,7 +12,6 @@ from timm.layers import SEModule
 from timm.utils.model import reparameterize_model
 from torch import nn
 
-from repvgg_lab.deploy.export import check_plain_graph, export_onnx
 from repvgg_lab.models import (
     MobileOneBlock,
     MobileOneConfig,
@@ -22,6 +21,7 @@ from repvgg_lab.models import (
 )
 from repvgg_lab.models.mobileone import block_branches
 from repvgg_lab.reparam import rel_max
+from repvgg_lab.runtime.export import check_plain_graph, export_onnx
 from repvgg_lab.testing import randomize_bn
 from repvgg_lab.utils import count_params
 from tests.helpers.contract import FP32_REL

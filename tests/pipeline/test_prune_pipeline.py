@@ -226,7 +226,7 @@ def test_deploy_lossy_pruning_of_a_trained_checkpoint(trained, tmp_path) -> None
 
 
 def test_deploy_recalibrates_pruning_on_the_verification_images(trained, tmp_path) -> None:
-    from repvgg_lab.deploy.verify import real_batches
+    from repvgg_lab.deploy.verify import real_loaders
 
     run, _, _ = trained
     out = tmp_path / "out"
@@ -237,12 +237,12 @@ def test_deploy_recalibrates_pruning_on_the_verification_images(trained, tmp_pat
     assert m["prune/recalibrated"] == 1.0
     # The same as pruning the saved plain net, recalibrated on 3 batches of 2 training images
     # (the validation images stay unseen for verify/acc).
-    images, _ = real_batches("digits", None, 16, 3, {"train": 6})["train"]
+    loader = real_loaders("digits", None, 16, 3, {"train": ("train", 6)}, batch=2)["train"]
     plain = load_source(run / "plain.safetensors").plain
     options = PruneOptions(
         macs_reduction=0.3, score="l2_next", normalize=True, calibration_batches=3
     )
-    expected = prune_and_measure(plain, options, 16, images.split(2)).net
+    expected = prune_and_measure(plain, options, 16, loader).net
     exported = load_source(out / "model.safetensors").plain
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

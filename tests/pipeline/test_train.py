@@ -127,7 +127,7 @@ def test_qat_finetuning_writes_an_int8_model_measured_in_onnx_runtime(compose_tr
     metrics = train(compose_train(*SMALL, "logger=none", *overrides))
     int8 = tmp_path / "model.qat.int8.onnx"
     assert int8.is_file() and (tmp_path / "quant_layers.qat.json").is_file()
-    from repvgg_lab.deploy.verify import OnnxRunner
+    from repvgg_lab.runtime import OnnxRunner
 
     # Recomputed here from ONNX Runtime's outputs on the whole splits; the agreement is with the
     # plain net before QAT, the one the run saved as plain.safetensors.

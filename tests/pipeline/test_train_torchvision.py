@@ -13,10 +13,10 @@ import torch
 import torchvision
 
 from repvgg_lab.deploy import deploy
-from repvgg_lab.deploy.export import conv_weight_shapes, onnx_graph, op_counts
 from repvgg_lab.deploy.source import load_source
 from repvgg_lab.models import load_pretrained
 from repvgg_lab.pipeline.train import train
+from repvgg_lab.runtime.export import conv_weight_shapes, onnx_graph, op_counts
 from tests.helpers.cli import run_script
 
 from .test_train import SMALL

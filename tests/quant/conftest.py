@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from repvgg_lab.data import DigitsDataModule
-from repvgg_lab.deploy.export import export_onnx
 from repvgg_lab.models.plain import PlainNet
 from repvgg_lab.quant import as_plain, plant_outlier
+from repvgg_lab.runtime.export import export_onnx
 from tests.helpers.digits_net import (
     IMG,
     PLANT_K,

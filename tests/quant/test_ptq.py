@@ -11,7 +11,6 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from repvgg_lab.deploy.verify import OnnxRunner
 from repvgg_lab.errors import QuantizationError
 from repvgg_lab.quant import (
     INT8_ONNX,
@@ -25,6 +24,7 @@ from repvgg_lab.quant import (
     quantize_onnx,
 )
 from repvgg_lab.quant.fakequant import act_qparams, fake_quant_weight
+from repvgg_lab.runtime import OnnxRunner
 from tests.helpers.qdq import ort_correct, ort_predictions, torch_correct, torch_predictions
 from tests.helpers.qdq import producers as _producers
 from tests.quant.margins import FP32_MIN, PER_CHANNEL_ALLOW, PER_CHANNEL_DISAGREE
