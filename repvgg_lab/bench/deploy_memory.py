@@ -1,9 +1,10 @@
 """Peak memory and wall time of `python deploy.py ... quantize=int8` on an ImageNet-style tree, as
 the validation split and the calibration batches grow.
 
-Each configuration is one deploy in a fresh interpreter (`subprocess.Popen`); its peak resident
-set size is read exactly from `os.wait4`, its wall time around it. ru_maxrss is the largest of the
-child and the processes it reaped, not their sum: loader worker processes are not added in (pass
+Each configuration is one deploy in a fresh interpreter, spawned by a small one (see `measure`);
+its peak resident set size is read exactly from `os.wait4`, its wall time around it. ru_maxrss
+is the largest of the child and the processes it reaped, not their sum: loader workers are not
+added in (pass
 the override `verify.workers=0`, where deploy has that option, to keep the images in one process).
 The trees (root/train/cNNN/*.jpg, root/val/cNNN/*.jpg) are generated with
 `data_loading.synthetic_image` (ImageNet-sized JPEGs of about 110 kB), one per validation size;
@@ -120,27 +121,40 @@ def deploy_command(
     then the `extra` overrides (e.g. `verify.workers=0`)."""
     return [
         sys.executable, "deploy.py", f"ckpt={ckpt}", "verify.data=imagenet", f"verify.root={root}",
-        f"verify.size={val}", f"verify.batch={BATCH}", f"input_size={size}", "quantize=int8",
+        f"verify.batch={BATCH}", f"input_size={size}", "quantize=int8",
         f"quantize.calibration_batches={cb}", f"quantize.method={method}",
         "latency.batch_sizes=[]", f"threads={threads}", "logger=none",
         f"out_dir={run_dir / 'out'}", f"hydra.run.dir={run_dir / 'hydra'}", *extra,
     ]  # fmt: skip
 
 
+# Linux keeps the largest RSS a process's memory ever had, across exec too, so a child forked
+# from a large process (this one, or pytest) would report at least its parent's size. A small
+# interpreter in between spawns the command and reads the command's own peak with wait4.
+_SPAWN = (
+    "import json, os, sys; pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ); "
+    "_, status, usage = os.wait4(pid, 0); "
+    "open(sys.argv[1], 'w').write(json.dumps([os.waitstatus_to_exitcode(status), "
+    "usage.ru_maxrss]))"
+)
+
+
 def measure(command: list[str], log_path: Path, threads: int = 1) -> dict[str, Any]:
-    """Run `command` in the repository root; its peak RSS (MiB, exact: wait4), wall time and
-    the machine's load meanwhile. A failure raises RuntimeError with the log's tail."""
+    """Run `command` (its first item the executable's path) in the repository root; its peak RSS
+    (MiB, exact: wait4 in a small spawning interpreter), wall time and the machine's load
+    meanwhile. A failure raises RuntimeError with the log's tail."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
+    status_path = log_path.with_name(log_path.name + ".rusage")
+    spawner = [sys.executable, "-c", _SPAWN, str(status_path), *command]
     with open(log_path, "wb") as log, CpuWindow() as window:
         start = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        subprocess.run(spawner, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
         wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    if proc.returncode != 0:
+    code, maxrss_kib = json.loads(status_path.read_text())
+    if code != 0:
         tail = log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"exit {proc.returncode}: {' '.join(command)}\n{log_path}:\n{tail}")
-    return {"peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall, "cpu": window.record()}
+        raise RuntimeError(f"exit {code}: {' '.join(command)}\n{log_path}:\n{tail}")
+    return {"peak_rss_mib": maxrss_kib / 1024, "wall_s": wall, "cpu": window.record()}
 
 
 def ratios(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
