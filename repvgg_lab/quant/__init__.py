@@ -1,6 +1,8 @@
-"""Int8 for plain nets: ONNX Runtime post-training quantization, per-layer diagnostics, outlier
-planting, cross-layer equalization and quantization-aware fine-tuning."""
+"""Int8 for plain nets: ONNX Runtime post-training quantization (calibrated batch by batch),
+per-layer diagnostics, outlier planting, cross-layer equalization and quantization-aware
+fine-tuning."""
 
+from repvgg_lab.quant.calibration import CalibrationBatches
 from repvgg_lab.quant.diagnose import layer_report, weight_outliers, write_layer_report
 from repvgg_lab.quant.equalize import equalize
 from repvgg_lab.quant.evaluate import evaluate_int8, int8_latency
@@ -11,6 +13,7 @@ from repvgg_lab.quant.qat import export_qat, qat_finetune
 from repvgg_lab.quant.run import INT8_ONNX, LAYERS_JSON, int8_deploy
 
 __all__ = [
+    "CalibrationBatches",
     "INT8_ONNX",
     "LAYERS_JSON",
     "METHODS",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ from repvgg_lab.deploy.verify import real_loaders
 from repvgg_lab.quant import QuantOptions
 from repvgg_lab.quant.ptq import check_qdq
 from repvgg_lab.runtime import OnnxRunner
-from repvgg_lab.runtime.runner import EXACT_INT8
+from repvgg_lab.runtime.runner import EXACT_INT8, cpu_has_vnni
 from tests.deploy.conftest import SIZE, lightning_checkpoint
 from tests.helpers.qdq import (
     fp32_weights,
@@ -164,13 +165,40 @@ def test_reported_agreement_is_what_onnx_runtime_gives_on_the_whole_split(int8_r
     assert m["quant/int8/test/acc"] == pytest.approx(float((int8 == labels).double().mean()))
 
 
+def _has_entry(runner: OnnxRunner) -> bool:
+    options = runner.session.get_session_options()
+    try:
+        return options.get_session_config_entry(EXACT_INT8[0]) == EXACT_INT8[1]
+    except RuntimeError:  # ONNX Runtime's answer for an entry that was never set
+        return False
+
+
 def test_int8_is_measured_with_exact_arithmetic_on_any_x86_cpu(int8_run) -> None:
     # Without VNNI, ONNX Runtime's default u8 x s8 kernels saturate (tests/quant/margins.py);
-    # this entry makes them exact there. It cannot be seen in the numbers on a VNNI machine.
+    # the entry makes them exact there. With VNNI the default kernels are exact already (and
+    # faster), so the runner sets it only without VNNI; either way its outputs equal those of
+    # a session that has the entry.
     _, out = int8_run
-    options = OnnxRunner(out / "model.int8.onnx").session.get_session_options()
-    assert options.get_session_config_entry(EXACT_INT8[0]) == EXACT_INT8[1] == "1"
-    assert EXACT_INT8[0] == "session.x64quantprecision"
+    runner = OnnxRunner(out / "model.int8.onnx")
+    assert _has_entry(runner) == (not cpu_has_vnni())
+    assert EXACT_INT8 == ("session.x64quantprecision", "1")
+    images, _ = whole_split("val")
+    exact = onnxruntime.SessionOptions()
+    exact.add_session_config_entry(*EXACT_INT8)
+    session = onnxruntime.InferenceSession(
+        str(out / "model.int8.onnx"), sess_options=exact, providers=["CPUExecutionProvider"]
+    )
+    expected = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    assert np.array_equal(runner(images).numpy(), expected)
+
+
+def test_vnni_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 {}\n"
+    for extra, vnni in (("avx512_vnni", True), ("avx_vnni", True), ("avx512bw", False)):
+        path = tmp_path / extra
+        path.write_text(flags.format(extra))
+        assert cpu_has_vnni(str(path)) is vnni
+    assert cpu_has_vnni(str(tmp_path / "missing")) is False  # unknown: stay exact
 
 
 def test_without_verify_data_quantize_is_refused_before_any_work(tmp_path: Path, a0) -> None:
