@@ -188,12 +188,17 @@ def _worst(r: Record, model: str, field: str) -> list[Any]:
     return [run["worst_layers"][0][field] for run in _runs(r, model)]
 
 
-def _repvgg_drop_pattern(r: Record) -> bool:
-    """Nothing lost per channel (median); per tensor (minmax) one seed of three loses."""
+def _repvgg_losing(r: Record) -> tuple[int, int]:
+    """(seeds whose per-tensor minmax int8 is below their fp32, seeds) of RepVGG-A0."""
     runs = _runs(r, "repvgg_a0")
     losing = [x for x in runs if x["ptq"]["minmax/per_tensor"]["acc"] < x["ptq"]["fp32"]["acc"]]
+    return len(losing), len(runs)
+
+
+def _repvgg_drop_pattern(r: Record) -> bool:
+    """Nothing lost per channel (median); per tensor (minmax) some seeds lose."""
     per_channel = all(_drop(r, "repvgg_a0", v) <= 0 for v in _variants(r, "per_channel"))
-    return per_channel and (len(losing), len(runs)) == (1, 3)
+    return per_channel and _repvgg_losing(r)[0] >= 1
 
 
 def _qat_slightly_below(r: Record) -> bool:
@@ -229,9 +234,10 @@ QUANT_QUOTES = [
     ),
     Quote(
         "docs/quantization.md",
-        "nothing per channel, and per tensor (minmax, the default calibration) a loss on one seed "
-        "out of three",
+        "nothing per channel, and per tensor (minmax, the default calibration) a loss on {} of {} "
+        "seeds",
         "quant_study.json",
+        values=_repvgg_losing,
         holds=_repvgg_drop_pattern,
     ),
     Quote(
@@ -261,9 +267,9 @@ QUANT_QUOTES = [
     ),
     Quote(
         "docs/quantization.md",
-        "takes under half of fp32 ONNX Runtime's time at batch 8 and about a third at batch 1",
+        "takes under half of fp32 ONNX Runtime's time at batch 8 and at batch 1",
         "quant_study.json",
-        holds=lambda r: _speed(r, 8) < 0.5 and abs(_speed(r, 1) - 1 / 3) <= 0.05,
+        holds=lambda r: _speed(r, 8) < 0.5 and _speed(r, 1) < 0.5,
     ),
     Quote(
         "docs/quantization.md",

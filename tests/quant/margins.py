@@ -16,10 +16,10 @@ without VNNI) use vpmaddubsw, which adds adjacent u8 x s8 products in int16 with
 Emulated from the models' own integers over 9 of the nets (the emulation without saturation
 reproduces ONNX Runtime here to within 3 images, 6 with the planted outlier), saturation cost
 per-channel models up to 66 images and per-tensor ones up to 5. The project's ONNX Runtime
-sessions therefore set `session.x64quantprecision=1` (`repvgg_lab.runtime.OnnxRunner`,
-and the tests' bare sessions): on those CPUs ONNX Runtime then computes large weights in
-u8 x u8, exactly, and on VNNI CPUs the option does nothing, so the counts below hold on any
-x86-64 CPU."""
+sessions therefore set `session.x64quantprecision=1` where the CPU lacks VNNI
+(`repvgg_lab.runtime.OnnxRunner`; the tests' bare sessions always): on those CPUs ONNX Runtime
+then computes large weights in u8 x u8, exactly. On VNNI CPUs the default kernels give the
+same outputs bit for bit (a test compares them), so the counts below hold on any x86-64 CPU."""
 
 # A trained net, so accuracy and agreement mean something: fp32 measured 241-261 images.
 FP32_MIN = 215
