@@ -225,6 +225,13 @@ MUTATIONS = [
         ("tests/data/test_imagenet.py",),
     ),
     Mutation(
+        "every CPU is taken for a VNNI one (int8 inexact where the CPU lacks it)",
+        "repvgg_lab/runtime/runner.py",
+        "    return bool(VNNI_FLAGS & set(flags.split()))",
+        "    return True",
+        ("tests/deploy/test_int8.py",),
+    ),
+    Mutation(
         "the per-layer report keeps only the last batch's error sums",
         "repvgg_lab/quant/diagnose.py",
         "(noise, signal) if old is None else (old[0] + noise, old[1] + signal)",
