@@ -236,7 +236,7 @@ class ImageDataModule(pl.LightningDataModule):
         subset = dataset if len(picks) == len(dataset) else Subset(dataset, picks.tolist())
         options = self._loader_options()
         if num_workers is not None:
-            options.update(num_workers=num_workers, persistent_workers=False)
+            options["num_workers"] = num_workers
         options["persistent_workers"] = False  # read once; workers end with the pass
         return DataLoader(subset, batch_size=batch_size or self.batch_size, **options)
 

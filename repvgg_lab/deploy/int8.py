@@ -7,15 +7,12 @@ was. The quantization itself lives in `repvgg_lab.quant` (which, like this packa
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from repvgg_lab.deploy.options import DeployOptions
 from repvgg_lab.deploy.report import FILES
-
-log = logging.getLogger(__name__)
 
 INT8_FILES = {"int8_onnx": "model.int8.onnx", "quant_layers": "quant_layers.json"}
 
@@ -33,18 +30,15 @@ class Quantized:
 def quantize(plain: Any, real: dict[str, Any], options: DeployOptions, staging: Path) -> Quantized:
     """PTQ of `plain` calibrated on the training images in `real`, accuracy on its whole `val`
     (and `test`) splits, agreement with the fp32 plain net, int8-vs-fp32 ONNX Runtime latency
-    at the deploy's latency batch sizes; nothing without `options.quantize`. `real` holds
-    loaders (or (images, labels) tensors); without a `test` entry the test split is the
-    validation folder itself, measured once and reported for both."""
+    at the deploy's latency batch sizes; nothing without `options.quantize`. `real` holds the
+    loaders of `verify`; without a `test` entry the test split is the validation folder
+    itself, measured once and reported for both."""
     if options.quantize is None:
         return Quantized({}, {})
-    from repvgg_lab.quant import evaluate_int8, int8_deploy
+    from repvgg_lab.quant import int8_deploy, int8_test_metrics
     from repvgg_lab.quant.ptq import applied_settings
 
-    q = options.quantize
-    calibration = real["train"]
-    if isinstance(calibration, tuple):
-        calibration = calibration[0][: q.calibration_batches * options.verify_batch]
+    q, calibration = options.quantize, real["train"]
     files = (INT8_FILES["int8_onnx"], INT8_FILES["quant_layers"])
     metrics = int8_deploy(
         plain,
@@ -58,11 +52,5 @@ def quantize(plain: Any, real: dict[str, Any], options: DeployOptions, staging: 
         latency_batches=options.batch_sizes,
         files=files,
     )
-    if "test" in real:
-        test = evaluate_int8(staging / files[0], plain, real["test"], split="test")
-        metrics.update({k: v for k, v in test.items() if k.endswith("/test/acc")})
-    else:
-        log.info("int8: the test split is the validation folder; its accuracy is val's")
-        for name in ("quant/int8", "quant/fp32"):
-            metrics[f"{name}/test/acc"] = metrics[f"{name}/val/acc"]
+    metrics.update(int8_test_metrics(staging / files[0], plain, real.get("test"), metrics))
     return Quantized(metrics, dict(INT8_FILES), applied_settings(q, calibration))

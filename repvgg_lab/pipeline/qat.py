@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from repvgg_lab.quant import QuantOptions, evaluate_int8, int8_deploy, qat_finetune
+from repvgg_lab.quant import QuantOptions, int8_deploy, int8_test_metrics, qat_finetune
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,8 @@ def run_qat(
         prefix="quant/qat",
         files=QAT_FILES,
     )
-    if dm.same_samples("test", "val"):  # one folder serves both: read it once
-        metrics["quant/qat/test/acc"] = metrics["quant/qat/val/acc"]
-    else:
-        test = dm.fixed_loader("test")
-        on_test = evaluate_int8(out / QAT_FILES[0], plain, test, split="test", prefix="quant/qat")
-        metrics["quant/qat/test/acc"] = on_test["quant/qat/test/acc"]
+    test = None if dm.same_samples("test", "val") else dm.fixed_loader("test")
+    on_test = int8_test_metrics(out / QAT_FILES[0], plain, test, metrics, prefix="quant/qat")
+    metrics["quant/qat/test/acc"] = on_test["quant/qat/test/acc"]
     log.info("QAT int8 model: %s", out / QAT_FILES[0])
     return metrics

@@ -10,7 +10,7 @@ from repvgg_lab.quant.options import METHODS, QuantOptions, check_precision
 from repvgg_lab.quant.plain import as_plain, plant_outlier
 from repvgg_lab.quant.ptq import check_qdq, quantize_net, quantize_onnx
 from repvgg_lab.quant.qat import export_qat, qat_finetune
-from repvgg_lab.quant.run import INT8_ONNX, LAYERS_JSON, int8_deploy
+from repvgg_lab.quant.run import INT8_ONNX, LAYERS_JSON, int8_deploy, int8_test_metrics
 
 __all__ = [
     "CalibrationBatches",
@@ -26,6 +26,7 @@ __all__ = [
     "export_qat",
     "int8_deploy",
     "int8_latency",
+    "int8_test_metrics",
     "layer_report",
     "plant_outlier",
     "qat_finetune",

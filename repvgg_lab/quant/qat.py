@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from repvgg_lab.errors import QuantizationError
 from repvgg_lab.models.plain import PlainLayer, PlainNet
+from repvgg_lab.quant.calibration import CalibrationBatches
 from repvgg_lab.quant.fakequant import RangeObserver, fake_quant_act, fake_quant_weight
 from repvgg_lab.quant.options import QuantOptions
 from repvgg_lab.quant.plain import as_plain
@@ -91,14 +93,15 @@ def _images(batch: object) -> tuple[Tensor, Tensor]:
 
 
 def _calibration_batches(
-    calibration: Tensor | Iterable | None, train_loader: Iterable
+    calibration: Tensor | DataLoader | None, train_loader: Iterable
 ) -> Iterable[Tensor]:
-    """The images that start the observers, as float batches."""
+    """The images that start the observers, as float batches: all of `calibration` (chunks
+    of 64 images of a tensor, every batch of a loader), else the first training batch."""
     if calibration is None:
         return [_images(next(iter(train_loader)))[0].float()]
     if isinstance(calibration, Tensor):
         return torch.split(calibration.float(), 64)
-    return ((b[0] if isinstance(b, list | tuple) else b).float() for b in calibration)
+    return CalibrationBatches(calibration, len(calibration))
 
 
 def qat_finetune(
@@ -108,12 +111,12 @@ def qat_finetune(
     lr: float = 1e-4,
     options: QuantOptions | None = None,
     weight_decay: float = 0.0,
-    calibration_images: Tensor | Iterable | None = None,
+    calibration_images: Tensor | DataLoader | None = None,
 ) -> PlainNet:
     """A new fp32 PlainNet fine-tuned (Adam, cross-entropy) through int8 fake quantization with
     `options.per_channel` weights; `net` is untouched. Observers start from
-    `calibration_images` (a tensor, or a loader of images or (images, labels) batches, read
-    batch by batch; else the first training batch)."""
+    `calibration_images` (a tensor, or a DataLoader read batch by batch; else the first
+    training batch)."""
     options = options or QuantOptions()
     if not isinstance(epochs, int) or epochs < 1 or not lr > 0:
         raise QuantizationError(f"QAT needs epochs >= 1 and lr > 0, got {epochs}, {lr}")

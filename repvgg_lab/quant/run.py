@@ -72,3 +72,21 @@ def int8_deploy(
         size, channels = int(example.shape[-1]), int(example.shape[1])
         metrics.update(int8_latency(fp32_onnx, int8, size, latency_batches, in_channels=channels))
     return metrics
+
+
+def int8_test_metrics(
+    int8_path: str | Path,
+    reference: nn.Module,
+    test: Iterable[tuple[Tensor, Tensor]] | None,
+    val_metrics: dict[str, Any],
+    prefix: str = "quant/int8",
+) -> dict[str, float]:
+    """`<prefix>/test/acc` and `quant/fp32/test/acc`: measured on the `test` loader, or, with
+    None (the test split is the validation folder itself, read once), the val accuracies in
+    `val_metrics`."""
+    keys = (f"{prefix}/test/acc", "quant/fp32/test/acc")
+    if test is None:
+        log.info("%s: the test split is the validation folder; its accuracy is val's", prefix)
+        return {key: val_metrics[key.replace("/test/", "/val/")] for key in keys}
+    measured = evaluate_int8(int8_path, reference, test, split="test", prefix=prefix)
+    return {key: measured[key] for key in keys}

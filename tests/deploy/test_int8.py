@@ -12,6 +12,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from repvgg_lab.deploy import deploy
 from repvgg_lab.deploy.int8 import quantize
@@ -116,9 +117,10 @@ def test_the_written_model_shows_the_recorded_options(int8_run) -> None:
 def test_more_calibration_batches_reach_a_larger_activation(tmp_path: Path) -> None:
     images = torch.linspace(-1, 1, 12 * 3 * 8 * 8).reshape(12, 3, 8, 8)
     images[5, 1, 4, 4] = 9.0  # in the second batch of 4 only
-    real = {
-        "train": (images, torch.zeros(12, dtype=torch.long)),
-        "val": (images[:4], torch.zeros(4, dtype=torch.long)),
+    labels = torch.zeros(12, dtype=torch.long)
+    real = {  # deploy's loaders: verify.batch (4) images per batch
+        "train": DataLoader(TensorDataset(images, labels), batch_size=4),
+        "val": DataLoader(TensorDataset(images[:4], labels[:4]), batch_size=4),
     }
     grids, used = {}, {}
     for batches in (1, 2, 3):
