@@ -23,6 +23,7 @@ BAD = {
     "warmup": ({"warmup": -1}, "latency.warmup must be an integer >= 0, got -1"),
     "verify batch": ({"verify_batch": 0}, "verify.batch must be an integer >= 1, got 0"),
     "verify size": ({"verify_size": True}, "verify.size must be an integer >= 1, got True"),
+    "verify workers": ({"workers": -1}, "verify.workers must be an integer >= 0, got -1"),
     "threads": ({"threads": 0}, "threads must be an integer >= 1, got 0"),
     "tolerance": ({"tolerance": 0.0}, "tolerance must be a positive number, got 0.0"),
     "tolerance text": ({"tolerance": "1e-4"}, "tolerance must be a positive number"),
